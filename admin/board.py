@@ -1,0 +1,296 @@
+"""What the console shows, assembled from the ledger and the management API.
+
+Shared by the HTML views and the JSON API so that both say the same thing. Each source is read
+independently: when one is unreachable the result carries its error and the other's data, never
+an empty list that would look like "nothing to see".
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI
+from backend.app import Backend
+from backend.errors import StoreError
+from backend.ledger import as_aware, run_state, utcnow
+from backend.values import FINAL_STATUSES, Status
+
+log = logging.getLogger(__name__)
+
+# A served embedded ledger (development) fails with connection errors rather than StoreError.
+LEDGER_DOWN = (StoreError, ConnectionError, EOFError)
+OPEN_STATUSES = [s.value for s in Status if s.value not in FINAL_STATUSES]
+_LANE_RE = re.compile(r"\.lane\d+$")
+
+
+@dataclass
+class Overview:
+    actors: list[dict[str, Any]] = field(default_factory=list)
+    health: dict[str, Any] | None = None
+    ledger_error: str | None = None
+    broker_error: str | None = None
+    generated_at: datetime = field(default_factory=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "actors": self.actors,
+            "broker": self.health,
+            "ledger_error": self.ledger_error,
+            "broker_error": self.broker_error,
+            "generated_at": self.generated_at,
+        }
+
+
+def actor_of_queue(prefix: str, queue: str) -> str | None:
+    """'fifoq.actor.payment.lane2' -> 'payment'; None for queues that are not actor queues."""
+    head = f"{prefix}.actor."
+    if not queue.startswith(head):
+        return None
+    return _LANE_RE.sub("", queue[len(head):]) or None
+
+
+def group_queues(prefix: str, queues: list[QueueInfo]) -> dict[str, list[QueueInfo]]:
+    out: dict[str, list[QueueInfo]] = {}
+    for q in queues:
+        actor = actor_of_queue(prefix, q.name)
+        if actor is not None:
+            out.setdefault(actor, []).append(q)
+    return out
+
+
+def _sum(values: list[Any]) -> Any:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values)
+
+
+def _all(values: list[bool | None]) -> bool | None:
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def queue_summary(queues: list[QueueInfo] | None) -> dict[str, Any] | None:
+    """One actor's queues (one per lane) added up; None when the broker has none."""
+    if not queues:
+        return None
+    return {
+        "names": [q.name for q in queues],
+        "messages_ready": _sum([q.messages_ready for q in queues]),
+        "messages_unacknowledged": _sum([q.messages_unacknowledged for q in queues]),
+        "consumers": _sum([q.consumers for q in queues]),
+        "consumer_connected": _all([q.consumer_connected for q in queues]),
+        "active_consumer_tags": [q.active_consumer_tag for q in queues if q.active_consumer_tag],
+        "ack_rate": _sum([q.ack_rate for q in queues]),
+        "deliver_rate": _sum([q.deliver_rate for q in queues]),
+        "publish_rate": _sum([q.publish_rate for q in queues]),
+    }
+
+
+def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_error: str | None) -> dict[str, Any]:
+    """Compare what the ledger says sits in the broker with what the broker reports.
+
+    A queued message must be in the queue (ready, or unacked while a consumer holds it). A pending
+    message may already be there (its confirm not recorded yet) and a processing one is unacked
+    while its handler runs, so the broker's ready+unacked must fall within
+    [queued, queued + pending + processing]. Below: messages the ledger expects are missing from the
+    broker (the relay republishes pending ones, not queued ones: look). Above: duplicates or
+    envelopes of settled messages, which consumers ack without running the handler.
+    The management API refreshes its figures every few seconds, so a brief mismatch right after
+    activity is normal: only a persistent one matters.
+    """
+    queued = counts.get(Status.QUEUED.value, 0)
+    pending = counts.get(Status.PENDING.value, 0)
+    processing = counts.get(Status.PROCESSING.value, 0)
+    out: dict[str, Any] = {
+        "ledger_queued": queued,
+        "ledger_pending": pending,
+        "ledger_processing": processing,
+        "expected_min": queued,
+        "expected_max": queued + pending + processing,
+        "broker_ready": None,
+        "broker_unacked": None,
+        "broker_total": None,
+    }
+    if broker_error:
+        return dict(out, status="unknown", ok=None, explanation=f"broker figures unavailable: {broker_error}")
+    if queue is None:
+        ok = out["expected_max"] == 0
+        return dict(
+            out,
+            status="ok" if ok else "no_queue",
+            ok=ok,
+            explanation="no queue on the broker and nothing expected in it" if ok
+            else "the ledger expects messages in the broker but the actor has no queue there",
+        )
+    ready, unacked = queue["messages_ready"], queue["messages_unacknowledged"]
+    out.update(broker_ready=ready, broker_unacked=unacked)
+    if ready is None or unacked is None:
+        return dict(out, status="unknown", ok=None, explanation="the broker has no statistics for this queue yet")
+    total = ready + unacked
+    out["broker_total"] = total
+    if total < out["expected_min"]:
+        return dict(out, status="missing", ok=False,
+                    explanation=f"the broker holds {total} but the ledger has {queued} queued: {queued - total} missing from the queue")
+    if total > out["expected_max"]:
+        return dict(out, status="extra", ok=False,
+                    explanation=f"the broker holds {total}, more than the ledger's {out['expected_max']} open: duplicates or settled envelopes (consumers skip them)")
+    return dict(out, status="ok", ok=True, explanation="the broker holds what the ledger expects")
+
+
+def _age(at: datetime | None, now: datetime) -> float | None:
+    at = as_aware(at)
+    return None if at is None else max(0.0, (now - at).total_seconds())
+
+
+_UNSET: Any = object()
+
+
+def actor_row(backend: Backend, doc: dict[str, Any], counts: dict[str, int], queues: list[QueueInfo] | None,
+              broker_error: str | None, now: datetime, head: dict[str, Any] | None = _UNSET) -> dict[str, Any]:
+    """One line of the board: ledger state, broker figures, what waits and since when. `head`: the
+    actor's oldest open message when the caller fetched every actor's at once (Ledger.heads)."""
+    name = doc["_id"]
+    state = run_state(doc).value
+    open_count = sum(counts.get(s, 0) for s in OPEN_STATUSES)
+    if head is _UNSET:
+        head = backend.ledger.first_open(name) if open_count else None
+    blocked = doc.get("blocked")
+    if blocked:
+        blocked = dict(blocked, since=as_aware(blocked.get("since")))
+    paused = doc.get("paused")
+    if paused:
+        paused = dict(paused, at=as_aware(paused.get("at")))
+    queue = queue_summary(queues)
+    oldest = as_aware(head.get("created_at")) if head else None
+    blocked_keys = len(backend.ledger.blocked_keys(name)) if doc.get("keyed") else 0
+    return {
+        "name": name,
+        "state": state,
+        "description": doc.get("description") or "",
+        "paused": paused,
+        "blocked": blocked,
+        "blocked_for_seconds": _age(blocked.get("since"), now) if blocked else None,
+        "keyed": bool(doc.get("keyed")),
+        "lanes": int(doc.get("lanes", 1)),
+        "blocked_keys": blocked_keys,
+        "counts": {s.value: counts.get(s.value, 0) for s in Status},
+        "open": open_count,
+        "waiting_behind_head": max(0, open_count - 1) if blocked else None,
+        "head_message_id": head["_id"] if head else None,
+        "oldest_open_at": oldest,
+        "oldest_open_age_seconds": _age(oldest, now),
+        "queue": queue,
+        "consistency": consistency(counts, queue, broker_error),
+    }
+
+
+def broker_only_row(actor: str, queues: list[QueueInfo]) -> dict[str, Any]:
+    """A board line when the ledger cannot be read: what the broker alone can tell."""
+    return {
+        "name": actor, "state": "unknown", "description": "", "paused": None, "blocked": None,
+        "blocked_for_seconds": None, "keyed": None, "lanes": None, "blocked_keys": None, "counts": None, "open": None, "waiting_behind_head": None,
+        "head_message_id": None, "oldest_open_at": None, "oldest_open_age_seconds": None,
+        "queue": queue_summary(queues), "consistency": None,
+    }
+
+
+def _broker_queues(api: RabbitAPI, prefix: str) -> tuple[dict[str, list[QueueInfo]] | None, str | None]:
+    try:
+        return group_queues(prefix, api.queues(f"{prefix}.actor.")), None
+    except BrokerAPIUnavailable as exc:
+        return None, str(exc)
+
+
+def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_only: bool = False) -> Overview:
+    result = Overview()
+    now = result.generated_at
+    prefix = backend.settings.prefix
+    try:
+        result.health = api.health()
+    except BrokerAPIUnavailable as exc:
+        result.broker_error = str(exc)
+    by_actor, queue_error = (None, result.broker_error) if result.broker_error else _broker_queues(api, prefix)
+    result.broker_error = result.broker_error or queue_error
+    needle = name.strip().lower()
+    try:
+        docs = backend.ledger.actors()
+        counts = backend.ledger.status_counts()
+        heads = backend.ledger.heads()
+        for doc in docs:
+            if needle and needle not in doc["_id"].lower():
+                continue
+            if blocked_only and not doc.get("blocked") and not (doc.get("keyed") and backend.ledger.blocked_keys(doc["_id"])):
+                continue
+            queues = None if by_actor is None else by_actor.get(doc["_id"], [])
+            result.actors.append(actor_row(backend, doc, counts.get(doc["_id"], {}), queues, result.broker_error, now,
+                                           heads.get(doc["_id"])))
+    except LEDGER_DOWN as exc:
+        log.warning("overview: ledger unavailable: %s", exc)
+        result.ledger_error = str(exc) if isinstance(exc, StoreError) else f"ledger unavailable: {type(exc).__name__}: {exc}"
+        result.actors = []
+        if by_actor is not None and not blocked_only:
+            # The broker still tells which actor queues exist and how deep they are.
+            for actor, queues in sorted(by_actor.items()):
+                if needle and needle not in actor.lower():
+                    continue
+                result.actors.append(broker_only_row(actor, queues))
+    # Blocked first, then paused, then by name: what needs attention comes first.
+    order = {"blocked": 0, "paused": 1, "running": 2, "unknown": 3}
+    result.actors.sort(key=lambda r: (order.get(r["state"], 9), r["name"]))
+    return result
+
+
+def actor_detail(backend: Backend, api: RabbitAPI, name: str) -> dict[str, Any]:
+    """The actor page's header: state, blocked head with its error, counts, broker figures,
+    consistency. Raises UnknownActor / StoreError (the page cannot exist without the ledger)."""
+    doc = backend.ledger.actor(name)
+    counts = backend.ledger.status_counts(name).get(name, {})
+    broker_error = None
+    queues: list[QueueInfo] | None = None
+    try:
+        queues = group_queues(backend.settings.prefix, api.queues(backend.settings.queue_name(name))).get(name, [])
+    except BrokerAPIUnavailable as exc:
+        broker_error = str(exc)
+    row = actor_row(backend, doc, counts, queues, broker_error, utcnow())
+    head = None
+    if doc.get("blocked"):
+        try:
+            head = backend.ledger.message(doc["blocked"]["message_id"])
+        except Exception:  # the message vanished (manual cleanup): show the actor anyway
+            log.warning("actor=%s blocked on message=%s which is not in the ledger", name, doc["blocked"].get("message_id"))
+    row.update(
+        key_blocks=blocked_keys(backend, name) if doc.get("keyed") else [],
+        broker_error=broker_error,
+        schema=doc.get("schema"),
+        subscriptions=doc.get("subscriptions") or [],
+        queue_type=doc.get("queue_type"),
+        last_seq=doc.get("last_seq", 0),
+        created_at=as_aware(doc.get("created_at")),
+        blocked_head=head,
+        queue_name=backend.settings.queue_name(name),
+    )
+    return row
+
+
+def blocked_keys(backend: Backend, name: str) -> list[dict[str, Any]]:
+    """An actor with ordering keys: each blocked key, its failed message and what is held behind it."""
+    now = utcnow()
+    out = []
+    for k in backend.ledger.blocked_keys(name):
+        b = k["blocked"]
+        since = as_aware(b.get("since"))
+        out.append({
+            "key": k["key"],
+            "lane": k.get("lane", 0),
+            "message_id": b["message_id"],
+            "seq": b["seq"],
+            "since": since,
+            "blocked_for_seconds": _age(since, now),
+            "error": b.get("error"),
+            "held": len(backend.ledger.held(name, k["key"])),
+        })
+    return out

@@ -1,0 +1,267 @@
+"""HTML pages: overview, actor, message, audit, users. Every action is a POST form with a CSRF
+token, performed by backend.operations (which writes the audit log), then a redirect."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from admin import accounts
+from admin.auth import acting_user, require_role
+from admin.board import actor_detail, build_overview
+from admin.editing import preview_edit
+from admin.params import message_filter, page_param, parse_json_text, pretty_json, text_filter
+from admin.rabbitmq_api import RabbitAPI
+from admin.users import Role, UserStore
+from backend.app import Backend
+from backend.errors import Conflict, NotFound, ValidationError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("views", __name__)
+
+AUDIT_ACTIONS = ("pause", "resume", "edit", "replay", "cancel", "user.create", "user.role", "user.activate",
+                 "user.deactivate", "user.password", "token.create", "token.revoke")
+
+
+def backend() -> Backend:
+    return current_app.extensions["fifoq"]
+
+
+def mgmt() -> RabbitAPI:
+    return current_app.extensions["fifoq_mgmt"]
+
+
+def user_store() -> UserStore:
+    return current_app.extensions["fifoq_users"]
+
+
+@bp.app_context_processor
+def _inject() -> dict[str, Any]:
+    return {"Role": Role, "current_user": current_user, "refresh": _refresh_seconds()}
+
+
+def _refresh_seconds() -> int | None:
+    """`?refresh=N` reloads the page every N seconds (a meta refresh: no script needed)."""
+    try:
+        value = int(request.args.get("refresh", ""))
+    except ValueError:
+        return None
+    return min(max(value, 2), 300) if request.method == "GET" else None
+
+
+# -- overview ------------------------------------------------------------------------------
+@bp.route("/")
+@require_role(Role.VIEWER)
+def overview() -> Any:
+    name = text_filter(request.args, "name") or ""
+    blocked_only = request.args.get("blocked") in ("1", "on", "true")
+    board = build_overview(backend(), mgmt(), name=name, blocked_only=blocked_only)
+    status = 503 if board.ledger_error else 200
+    return render_template("overview.html", board=board, name=name, blocked_only=blocked_only), status
+
+
+# -- actor -----------------------------------------------------------------------------------
+@bp.route("/actors/<name>")
+@require_role(Role.VIEWER)
+def actor(name: str) -> Any:
+    detail = actor_detail(backend(), mgmt(), name)
+    try:
+        flt = message_filter(request.args)
+        page = page_param(request.args)
+    except ValidationError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("views.actor", name=name))
+    docs, total = backend().ledger.find(
+        actor=name, status=flt.status, event=flt.event, since=flt.since, until=flt.until, text=flt.text,
+        skip=page.skip, limit=page.per_page,
+    )
+    return render_template("actor.html", a=detail, messages=docs, total=total, page=page, flt=flt,
+                           pages=page.count(total))
+
+
+@bp.route("/actors/<name>/pause", methods=["POST"])
+@require_role(Role.OPERATOR)
+def pause(name: str) -> Any:
+    try:
+        backend().operations.pause(name, acting_user(), request.form.get("reason", ""))
+        flash(f"Actor {name} paused.", "info")
+    except (ValidationError, Conflict) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.actor", name=name))
+
+
+@bp.route("/actors/<name>/resume", methods=["POST"])
+@require_role(Role.OPERATOR)
+def resume(name: str) -> Any:
+    try:
+        backend().operations.resume(name, acting_user())
+        flash(f"Actor {name} resumed.", "info")
+    except (ValidationError, Conflict) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.actor", name=name))
+
+
+# -- message ---------------------------------------------------------------------------------
+def _message_page(message_id: str, *, editor_text: str | None = None, errors: list[dict[str, Any]] | None = None,
+                  status: int = 200) -> Any:
+    doc = backend().ledger.message(message_id)
+    actor_doc = backend().ledger.actor(doc["actor"])
+    text = editor_text if editor_text is not None else pretty_json(doc["payload"])
+    return render_template("message.html", m=doc, actor=actor_doc, editor_text=text, errors=errors or [],
+                           audit=backend().audit.find(message_id=message_id, limit=50)[0]), status
+
+
+@bp.route("/messages/<message_id>")
+@require_role(Role.VIEWER)
+def message(message_id: str) -> Any:
+    return _message_page(message_id)
+
+
+@bp.route("/messages/<message_id>/edit", methods=["POST"])
+@require_role(Role.OPERATOR)
+def edit(message_id: str) -> Any:
+    """Step 1 (no `confirm`): validate and show the diff. Step 2 (`confirm=1`): save."""
+    raw = request.form.get("payload", "")
+    try:
+        payload = parse_json_text(raw)
+    except ValidationError as exc:
+        return _message_page(message_id, editor_text=raw, errors=exc.details or [{"path": "$", "message": str(exc)}], status=400)
+    if request.form.get("confirm") != "1":
+        preview = preview_edit(backend(), message_id, payload)
+        if not preview.valid:
+            return _message_page(message_id, editor_text=raw, errors=preview.errors, status=422)
+        if not preview.diff:
+            flash("The payload is unchanged: nothing to save.", "info")
+            return redirect(url_for("views.message", message_id=message_id))
+        return render_template("confirm_edit.html", m=preview.message, preview=preview,
+                               payload_text=pretty_json(preview.payload))
+    try:
+        expected = int(request.form.get("expected_version", ""))
+    except ValueError:
+        return _message_page(message_id, editor_text=raw, errors=[{"path": "$", "message": "expected_version is missing"}], status=400)
+    try:
+        after = backend().operations.edit(message_id, payload, acting_user(), expected_version=expected)
+    except Conflict as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("views.message", message_id=message_id))
+    except ValidationError as exc:
+        return _message_page(message_id, editor_text=raw, errors=exc.details or [{"path": "$", "message": str(exc)}],
+                             status=exc.http_status)
+    flash(f"Saved as version {after.get('version', 1)}. Replay the message to run it again.", "info")
+    return redirect(url_for("views.message", message_id=message_id))
+
+
+@bp.route("/messages/<message_id>/replay", methods=["POST"])
+@require_role(Role.OPERATOR)
+def replay(message_id: str) -> Any:
+    try:
+        backend().operations.replay(message_id, acting_user())
+        flash("Replay requested: the connector runs the message again within a moment.", "info")
+    except (ValidationError, Conflict) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.message", message_id=message_id))
+
+
+@bp.route("/messages/<message_id>/cancel", methods=["POST"])
+@require_role(Role.OPERATOR)
+def cancel(message_id: str) -> Any:
+    if request.form.get("confirm") != "yes":
+        flash("Tick the confirmation box to cancel the message: it will never be processed.", "error")
+        return redirect(url_for("views.message", message_id=message_id))
+    try:
+        backend().operations.cancel(message_id, acting_user(), request.form.get("reason", ""))
+        flash("Message cancelled: it stays in the ledger as a tombstone.", "info")
+    except (ValidationError, Conflict) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.message", message_id=message_id))
+
+
+# -- audit -----------------------------------------------------------------------------------
+@bp.route("/audit")
+@require_role(Role.VIEWER)
+def audit() -> Any:
+    filters = {k: text_filter(request.args, k) for k in ("user", "actor", "action")}
+    page = page_param(request.args, 100)
+    rows, total = backend().audit.find(**filters, skip=page.skip, limit=page.per_page)
+    return render_template("audit.html", rows=rows, total=total, filters=filters, page=page, pages=page.count(total),
+                           actions=AUDIT_ACTIONS, page_args={k: v for k, v in filters.items() if v})
+
+
+# -- users (admin) ---------------------------------------------------------------------------
+@bp.route("/users")
+@require_role(Role.ADMIN)
+def users() -> Any:
+    return render_template("users.html", users=user_store().all(), tokens=user_store().tokens(), new_token=None)
+
+
+@bp.route("/users", methods=["POST"])
+@require_role(Role.ADMIN)
+def create_user() -> Any:
+    try:
+        user = accounts.create_user(user_store(), backend().audit, acting_user(), request.form.get("username", ""),
+                                    request.form.get("password", ""), request.form.get("role", ""))
+        flash(f"User {user.name} created ({user.role.value}).", "info")
+    except (ValidationError, Conflict) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
+
+
+@bp.route("/users/<name>/role", methods=["POST"])
+@require_role(Role.ADMIN)
+def set_role(name: str) -> Any:
+    try:
+        user = accounts.set_role(user_store(), backend().audit, acting_user(), name, request.form.get("role", ""))
+        flash(f"{name} is now {user.role.value}.", "info")
+    except (ValidationError, NotFound) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
+
+
+@bp.route("/users/<name>/active", methods=["POST"])
+@require_role(Role.ADMIN)
+def set_active(name: str) -> Any:
+    try:
+        user = accounts.set_active(user_store(), backend().audit, acting_user(), name, request.form.get("active") == "1")
+        flash(f"{name} is now {'active' if user.active else 'deactivated'}.", "info")
+    except (ValidationError, NotFound) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
+
+
+@bp.route("/users/<name>/password", methods=["POST"])
+@require_role(Role.ADMIN)
+def reset_password(name: str) -> Any:
+    try:
+        accounts.reset_password(user_store(), backend().audit, acting_user(), name, request.form.get("password", ""))
+        flash(f"Password of {name} changed.", "info")
+    except (ValidationError, NotFound) as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
+
+
+@bp.route("/users/<name>/tokens", methods=["POST"])
+@require_role(Role.ADMIN)
+def create_token(name: str) -> Any:
+    try:
+        token, record = accounts.create_token(user_store(), backend().audit, acting_user(), name,
+                                              request.form.get("label", ""))
+    except (ValidationError, NotFound) as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("views.users"))
+    # Shown once, in this response only: not stored in clear, not put in the session.
+    return render_template("users.html", users=user_store().all(), tokens=user_store().tokens(),
+                           new_token={"user": name, "token": token, "id": record["_id"]})
+
+
+@bp.route("/tokens/<token_id>/revoke", methods=["POST"])
+@require_role(Role.ADMIN)
+def revoke_token(token_id: str) -> Any:
+    try:
+        accounts.revoke_token(user_store(), backend().audit, acting_user(), token_id)
+        flash(f"Token {token_id} revoked.", "info")
+    except NotFound as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
