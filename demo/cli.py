@@ -1,0 +1,298 @@
+"""Command line of the demo.
+
+    python -m demo                  # everything in one process: backend, connectors, console
+    python -m demo --duration 60    # ... and stop by itself after 60 s
+    python -m demo emit             # only the event player, against MONGODB_URL and the broker
+
+Settings come from the environment (see README.md); a bad setting ends with one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import socket
+import threading
+import time
+from typing import Any, NoReturn, Sequence
+
+from backend.app import Backend
+from backend.errors import BrokerUnavailable, ConfigError, FifoqError, ValidationError
+from backend.logs import configure
+from backend.settings import Settings, redact_url
+from demo.scenarios import ACTORS, DEFAULT_RATE, Player, declare
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADMIN_PASSWORD = "fifoq-demo"
+DEMO_USERS = (("operator", "operator-demo", "operator"), ("viewer", "viewer-demo", "viewer"))
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"error: {message} (see `python -m demo --help`)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m demo", description="fifoq demo: tour bookings, orders, a chat, one bad payment.")
+    p.add_argument("command", nargs="?", default="run", choices=("run", "emit"),
+                   help="run: backend, connectors and admin console in one process (default); "
+                        "emit: only the event player, against MONGODB_URL")
+    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--rate", type=_non_negative, default=DEFAULT_RATE, metavar="EVENTS_PER_S",
+                   help=f"events per second (default {DEFAULT_RATE:g}; 0: as fast as possible)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed plays the same events")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="emit N events, then keep serving")
+    return p
+
+
+def _positive(raw: str) -> float:
+    value = _non_negative(raw)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be > 0")
+    return value
+
+
+def _non_negative(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be >= 0")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.count is not None and args.count < 0:
+        print("error: --count must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        configure()
+    except SystemExit as exc:  # a bad LOG_LEVEL
+        print(f"error: {exc.code}", file=sys.stderr)
+        return 2
+    try:
+        return emit(args) if args.command == "emit" else run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FifoqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping the demo", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _wait(stop: threading.Event, duration: float | None) -> None:
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("--duration reached")
+            return
+
+
+def _describe(settings: Settings) -> None:
+    log.info("broker: %s (management API %s), prefix %r", ", ".join(redact_url(u) for u in settings.amqp_urls),
+             settings.api_url, settings.prefix)
+    if settings.mongodb_url:
+        log.info("ledger: MongoDB %s, database %r", redact_url(settings.mongodb_url), settings.mongodb_db)
+    else:
+        log.info("ledger: embedded in-process store (mongomock): data is lost when the demo stops")
+
+
+def _check_broker(settings: Settings) -> None:
+    """Fail fast with one line when RabbitMQ does not answer (the connectors would only retry)."""
+    from backend.broker import connect
+
+    conn = connect(settings, "fifoq-demo-check")  # raises BrokerUnavailable
+    conn.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line before starting anything when the console's address is taken."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        raise FifoqError(f"the console cannot listen on {host}:{port}: {exc.strerror or exc} (set ADMIN_PORT)") from None
+
+
+def reset_queues(settings: Settings, actors: Sequence[str]) -> None:
+    """Delete the demo actors' queues left by a previous run on an embedded ledger.
+
+    Their envelopes point at messages of a ledger that ended with that run; a connector would wait
+    for them forever. A queue some other process consumes is never deleted: that is someone
+    else's system, and the demo refuses to start on its prefix. (Quorum queues do not support
+    queue.delete's if-unused flag, hence the passive declare that reads the consumer count.)
+    """
+    from backend.broker import connect
+
+    conn = connect(settings, "fifoq-demo-reset")
+    pika_channel_log = logging.getLogger("pika.channel")
+    level = pika_channel_log.level
+    pika_channel_log.setLevel(logging.ERROR)  # a missing queue is expected here, not a warning
+    try:
+        for actor in actors:
+            queue = settings.queue_name(actor)
+            ch = conn.channel()
+            try:
+                consumers = ch.queue_declare(queue, passive=True).method.consumer_count
+            except Exception as exc:  # noqa: BLE001 - pika's channel error, 404 when there is no such queue
+                if getattr(exc, "reply_code", None) == 404:
+                    continue
+                raise BrokerUnavailable(f"checking {queue}: {exc}") from exc
+            if consumers:
+                raise ConfigError(
+                    f"queue {queue} has {consumers} consumer(s) from another process: the demo does not touch it; "
+                    f"set FIFOQ_PREFIX to a prefix of your own"
+                )
+            try:
+                ch.queue_delete(queue)
+                ch.close()
+            except Exception as exc:  # noqa: BLE001
+                raise BrokerUnavailable(f"deleting {queue}: {exc}") from exc
+            log.info("actor=%s removed queue %s left by an earlier run (its ledger ended with it)", actor, queue)
+    finally:
+        pika_channel_log.setLevel(level)
+        if conn.is_open:
+            conn.close()
+
+
+def _create_users(users: Any) -> list[tuple[str, str, str]]:
+    """The demo logins: (name, password, role). Existing users (real MongoDB) are left unchanged."""
+    from admin.users import Role
+
+    admin_password = os.environ.get("DEMO_ADMIN_PASSWORD", "") or DEFAULT_ADMIN_PASSWORD
+    wanted = [("admin", admin_password, Role.ADMIN.value)] + list(DEMO_USERS)
+    out = []
+    for name, password, role in wanted:
+        if users.get(name) is not None:
+            log.warning("user %s exists already: password and role unchanged", name)
+            out.append((name, "(unchanged)", role))
+            continue
+        try:
+            users.create(name, password, role)
+        except ValidationError as exc:
+            raise ConfigError(f"DEMO_ADMIN_PASSWORD: {exc}") from None
+        out.append((name, password, role))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Backend, relay, connectors, player and console in this process, until Ctrl-C or --duration."""
+    from werkzeug.serving import make_server
+
+    from admin import create_app
+    from admin.config import AdminConfig
+    from connectors.examples import registry
+    from connectors.runtime import Runtime
+
+    settings = Settings.from_env()
+    admin_env = {"ADMIN_ENV": os.environ.get("ADMIN_ENV", "").strip() or "development"}
+    if admin_env["ADMIN_ENV"] != "production" and not os.environ.get("ADMIN_SECRET_KEY", "").strip():
+        admin_env["ADMIN_SECRET_KEY"] = secrets.token_hex(32)  # a throw-away key: sessions end with the demo
+    cfg = AdminConfig.from_env({**os.environ, **admin_env})
+    _check_port(cfg.host, cfg.port)
+    _describe(settings)
+    _check_broker(settings)
+    backend = Backend(settings)
+    if backend.store is not None and backend.store.embedded:
+        reset_queues(settings, ACTORS)
+    declare(backend.subscriptions)
+    backend.declare()
+    app = create_app(backend, config=admin_env)
+    logins = _create_users(app.extensions["fifoq_users"])
+    try:
+        server = make_server(cfg.host, cfg.port, app, threaded=True)
+    except (OSError, SystemExit) as exc:
+        backend.close()
+        print(f"error: the console cannot listen on {cfg.host}:{cfg.port}: {exc} (set ADMIN_PORT)", file=sys.stderr)
+        return 1
+    url = f"http://{cfg.host}:{cfg.port}"
+
+    def on_event(kind: str, actor: str, doc: dict[str, Any], *_seconds: float) -> None:
+        if kind == "failed":
+            print(f"\n>>> {actor} is blocked on message {doc['_id']} ({doc.get('event')}): "
+                  f"fix it at {url}/messages/{doc['_id']}\n", flush=True)
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    backend.start_relay()
+    runtime = Runtime(settings, backend.ledger, registry, list(ACTORS), on_event=on_event).start()
+    player = Player(backend, seed=args.seed, rate=args.rate, count=args.count)
+    player.start()
+    server_thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
+    server_thread.start()
+    _banner(url, logins, settings, cfg.host)
+    try:
+        _wait(stop, args.duration)
+    finally:
+        log.info("stopping: player, connectors, relay, console")
+        player.stop(SHUTDOWN_TIMEOUT_SECONDS)
+        runtime.stop()
+        server.shutdown()
+        backend.close()
+    log.info("demo stopped after %d events", player.emitted)
+    return 0
+
+
+def _banner(url: str, logins: list[tuple[str, str, str]], settings: Settings, host: str) -> None:
+    lines = [
+        "",
+        "fifoq demo is running",
+        f"  admin console   {url}",
+    ]
+    lines += [f"  login           {name} / {password}   ({role})" for name, password, role in logins]
+    lines += [
+        f"  broker          {', '.join(redact_url(u) for u in settings.amqp_urls)}  (prefix {settings.prefix})",
+        f"  ledger          {'MongoDB ' + redact_url(settings.mongodb_url) if settings.mongodb_url else 'embedded (in process)'}",
+        "  A booking in an unsupported currency blocks the payment actor within a few seconds:",
+        "  open the console, edit its currency to \"EUR\", replay, and watch payment drain in order.",
+        "  Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the console listens on %s with published demo passwords: keep it off untrusted networks", host)
+
+
+def emit(args: argparse.Namespace) -> int:
+    """Only the player (plus the relay), for a backend-demo process next to separate connectors."""
+    settings = Settings.from_env()
+    if not settings.mongodb_url.startswith(("mongodb://", "mongodb+srv://", "embedded://")):
+        raise ConfigError(
+            "`python -m demo emit` needs MONGODB_URL shared with the connectors and the console (mongodb://..., "
+            "or embedded://HOST:PORT from `python -m backend ledger-server`); "
+            "`python -m demo` runs everything in one process on the embedded ledger"
+        )
+    _describe(settings)
+    backend = Backend(settings)
+    declare(backend.subscriptions)
+    backend.declare()
+    backend.start_relay()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    player = Player(backend, seed=args.seed, rate=args.rate, count=args.count)
+    player.start()
+    log.info("emitting demo events at %g/s (Ctrl-C to stop)", args.rate)
+    try:
+        _wait(stop, args.duration)
+    finally:
+        player.stop(SHUTDOWN_TIMEOUT_SECONDS)
+        backend.close()
+    log.info("emitted %d events", player.emitted)
+    return 0
