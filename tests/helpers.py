@@ -1,0 +1,41 @@
+"""Test helpers: recording handlers and waiting for conditions without timing assertions."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from backend.values import Message
+
+
+class Recorder:
+    """A handler that records every call; optionally fails on chosen payloads."""
+
+    def __init__(self, fail_when: Callable[[Message], bool] | None = None) -> None:
+        self.calls: list[Message] = []
+        self.lock = threading.Lock()
+        self.fail_when = fail_when
+
+    def __call__(self, message: Message) -> None:
+        with self.lock:
+            self.calls.append(message)
+        if self.fail_when is not None and self.fail_when(message):
+            raise ValueError(f"cannot handle {message.payload!r}")
+
+    def payloads(self) -> list:
+        with self.lock:
+            return [m.payload for m in self.calls]
+
+    def seqs(self) -> list[int]:
+        with self.lock:
+            return [m.seq for m in self.calls]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:
+    """Poll until condition() is true; fail the test with `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

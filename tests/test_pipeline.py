@@ -1,0 +1,355 @@
+"""The core pipeline on the real broker: order, blocking, operator actions, pause, relay."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from backend.app import Backend
+from backend.errors import Conflict, SchemaViolation
+from backend.values import Status
+from connectors.registry import Registry
+from connectors.runtime import Runtime
+from tests.helpers import Recorder, wait_for
+
+
+def _runtime(backend: Backend, handlers: dict) -> Runtime:
+    reg = Registry()
+    for actor, fn in handlers.items():
+        reg.register(actor, fn)
+    return Runtime(backend.settings, backend.ledger, reg)
+
+
+def test_pipeline_three_actors_2000_messages_each_in_exact_order_exactly_once(backend: Backend) -> None:
+    # Given three actors, two of them subscribed with topic patterns
+    subs = backend.subscriptions
+    subs.subscribe("payment", "order.created")
+    subs.subscribe("shipping", "order.*")
+    subs.subscribe("analytics", "order.#")
+    backend.declare()
+    # When 2,000 events are emitted (batches and single calls mixed)
+    for start in range(0, 1900, 100):
+        backend.emit_many([("order.created", {"n": i}) for i in range(start, start + 100)])
+    for i in range(1900, 2000):
+        backend.emit_event("order.created", {"n": i})
+    recs = {a: Recorder() for a in ("payment", "shipping", "analytics")}
+    _runtime(backend, recs).run(drain=True, timeout=300)
+    # Then each handler saw its actor's messages in emission order, each exactly once
+    expected = [{"n": i} for i in range(2000)]
+    for actor, rec in recs.items():
+        assert rec.payloads() == expected, actor
+        assert rec.seqs() == list(range(1, 2001)), actor
+        assert len({m.id for m in rec.calls}) == 2000
+    counts = backend.ledger.status_counts()
+    assert counts == {a: {"done": 2000} for a in recs}
+
+
+def test_pipeline_failure_blocks_only_that_actor_until_edit_and_replay(backend: Backend) -> None:
+    subs = backend.subscriptions
+    subs.actor("payment", schema={"type": "object", "required": ["n"]})
+    for actor in ("payment", "notification", "availability"):
+        subs.subscribe(actor, "tour.booked")
+    backend.declare()
+    for i in range(30):
+        backend.emit_event("tour.booked", {"n": i, "amount": None if i == 10 else 5})
+    pay = Recorder(fail_when=lambda m: m.payload.get("amount") is None)
+    notif, avail = Recorder(), Recorder()
+    rt = _runtime(backend, {"payment": pay, "notification": notif, "availability": avail})
+    rt.run(drain=True, timeout=120)
+    # The failing message k=10 was tried once; k+1 never reached the handler
+    assert [p["n"] for p in pay.payloads()] == list(range(11))
+    assert [p["n"] for p in notif.payloads()] == list(range(30))
+    assert [p["n"] for p in avail.payloads()] == list(range(30))
+    actor = backend.ledger.actor("payment")
+    failed_id = actor["blocked"]["message_id"]
+    failed = backend.ledger.message(failed_id)
+    assert failed["status"] == "failed" and failed["seq"] == 11
+    assert failed["last_error"]["type"] == "ValueError" and "Traceback" in failed["last_error"]["traceback"]
+    # Running again while blocked processes nothing more
+    rt2 = _runtime(backend, {"payment": pay})
+    rt2.run(drain=True, timeout=60)
+    assert len(pay.calls) == 11
+    # When the operator fixes the payload in place and replays it
+    ops = backend.operations
+    edited = ops.edit(failed_id, {"n": 10, "amount": 42}, by="alice")
+    assert edited["version"] == 2 and '"amount": 42' in edited["history"][0]["diff"]
+    ops.replay(failed_id, by="alice")
+    _runtime(backend, {"payment": pay}).run(drain=True, timeout=120)
+    # Then the fixed message runs first, the rest follows in order, the actor is unblocked
+    assert [p["n"] for p in pay.payloads()] == list(range(11)) + list(range(10, 30))
+    assert pay.payloads()[11] == {"n": 10, "amount": 42}
+    assert backend.ledger.actor("payment")["blocked"] is None
+    assert backend.ledger.message(failed_id)["status"] == "done"
+    actions = [e["action"] for e in backend.audit.find(actor="payment")[0]]
+    assert actions == ["replay", "edit"]
+
+
+def test_pipeline_cancel_unblocks_and_leaves_a_tombstone(backend: Backend) -> None:
+    backend.subscriptions.subscribe("chat-bob", "chat.message")
+    backend.declare()
+    for i in range(6):
+        backend.emit_event("chat.message", {"i": i, "bad": i == 2})
+    rec = Recorder(fail_when=lambda m: m.payload["bad"])
+    _runtime(backend, {"chat-bob": rec}).run(drain=True, timeout=60)
+    blocked = backend.ledger.actor("chat-bob")["blocked"]
+    backend.operations.cancel(blocked["message_id"], by="op", reason="spam")
+    _runtime(backend, {"chat-bob": rec}).run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == [0, 1, 2, 3, 4, 5]
+    tomb = backend.ledger.message(blocked["message_id"])
+    assert tomb["status"] == "cancelled" and tomb["cancelled"]["reason"] == "spam"
+    assert backend.ledger.actor("chat-bob")["blocked"] is None
+
+
+def test_pipeline_replay_that_fails_again_keeps_the_actor_blocked(backend: Backend) -> None:
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    backend.emit_event("x", {"ok": False})
+    backend.emit_event("x", {"ok": True})
+    rec = Recorder(fail_when=lambda m: not m.payload["ok"])
+    _runtime(backend, {"payment": rec}).run(drain=True, timeout=60)
+    first = backend.ledger.actor("payment")["blocked"]
+    backend.operations.replay(first["message_id"], by="op")
+    _runtime(backend, {"payment": rec}).run(drain=True, timeout=60)
+    again = backend.ledger.actor("payment")["blocked"]
+    assert again["message_id"] == first["message_id"] and again["since"] == first["since"]
+    doc = backend.ledger.message(first["message_id"])
+    assert doc["attempts"] == 2 and [a["outcome"] for a in doc["attempt_log"]] == ["failed", "failed"]
+    assert [p["ok"] for p in rec.payloads()] == [False, False]
+
+
+def test_pipeline_transient_errors_are_retried_in_place(backend: Backend) -> None:
+    backend.subscriptions.subscribe("inventory", "stock")
+    backend.declare()
+    for i in range(5):
+        backend.emit_event("stock", {"i": i})
+    seen: list[int] = []
+    failures = {2: 2}  # message 2 fails twice with a transient error, then succeeds
+
+    def handler(m):
+        from backend.errors import TransientError
+
+        seen.append(m.payload["i"])
+        if failures.get(m.payload["i"], 0) > 0:
+            failures[m.payload["i"]] -= 1
+            raise TransientError("503")
+
+    _runtime(backend, {"inventory": handler}).run(drain=True, timeout=60)
+    assert seen == [0, 1, 2, 2, 2, 3, 4]
+    doc = backend.ledger.find(actor="inventory", event="stock")[0][2]
+    assert doc["status"] == "done" and doc["attempts"] == 3
+    assert [a["outcome"] for a in doc["attempt_log"]] == ["transient", "transient", "done"]
+
+
+def test_pipeline_transient_retries_exhausted_block_the_actor(backend: Backend) -> None:
+    from backend.errors import TransientError
+
+    backend.subscriptions.subscribe("inventory", "stock")
+    backend.declare()
+    backend.emit_event("stock", {"i": 0})
+    backend.emit_event("stock", {"i": 1})
+    calls: list[int] = []
+
+    def handler(m):
+        calls.append(m.payload["i"])
+        raise TransientError("still down")
+
+    settings = backend.settings.with_(transient_retries=2)
+    reg = Registry()
+    reg.register("inventory", handler)
+    Runtime(settings, backend.ledger, reg).run(drain=True, timeout=60)
+    assert calls == [0, 0, 0]
+    assert backend.ledger.actor("inventory")["blocked"]["error"]["type"] == "TransientError"
+
+
+def test_pipeline_pause_stops_within_seconds_and_resume_restarts(backend: Backend) -> None:
+    backend.subscriptions.subscribe("analytics", "tick")
+    backend.declare()
+    rec = Recorder()
+    rt = _runtime(backend, {"analytics": rec})
+    rt.start()
+    try:
+        backend.emit_event("tick", {"i": 0})
+        wait_for(lambda: len(rec.calls) == 1, what="first message processed")
+        backend.operations.pause("analytics", by="op", reason="maintenance of the analytics DB")
+        # give the runtime time to see the pause (poll interval 0.1 s in tests)
+        wait_for(lambda: not rt.workers["analytics"].consumer.is_open, what="consumer released")
+        for i in range(1, 6):
+            backend.emit_event("tick", {"i": i})
+        # the queue keeps filling while paused; nothing is processed
+        wait_for(lambda: backend.ledger.status_counts("analytics")["analytics"].get("queued") == 5, what="queued while paused")
+        assert len(rec.calls) == 1
+        backend.operations.resume("analytics", by="op")
+        wait_for(lambda: len(rec.calls) == 6, what="drained after resume")
+        assert [p["i"] for p in rec.payloads()] == list(range(6))
+    finally:
+        rt.stop()
+    assert [e["action"] for e in backend.audit.find(actor="analytics")[0]] == ["resume", "pause"]
+
+
+def test_pipeline_broker_unreachable_emit_returns_and_relay_delivers_in_order(backend: Backend) -> None:
+    backend.subscriptions.subscribe("payment", "order.paid")
+    backend.declare()
+    backend.emit_event("order.paid", {"i": 0})
+    # Given a backend whose broker address is dead (same ledger)
+    dead = backend.settings.with_(amqp_urls=("amqp://guest:guest@127.0.0.1:9/%2F",), confirm_timeout=0.5)
+    down = Backend(dead, store=backend.store, subscriptions=backend.subscriptions)
+    ids = [down.emit_event("order.paid", {"i": i}) for i in range(1, 6)]
+    # When emit_event returns, the messages are stored and pending
+    assert all(backend.ledger.message(i[0])["status"] == "pending" for i in ids)
+    # A message emitted after the broker came back overtakes them on the broker...
+    backend.emit_event("order.paid", {"i": 6})
+    rec = Recorder()
+    # ...but the connector still processes in emission order (it fills the gap from the ledger)
+    _runtime(backend, {"payment": rec}).run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == list(range(7))
+    # and the relay, run later, publishes the pending ones: the duplicates are acked, not re-run
+    from backend.relay import Relay
+
+    assert Relay(backend.settings, backend.ledger).run_once(min_age=0) == 0  # already done, nothing pending
+    down.close()
+
+
+def test_pipeline_relay_publishes_pending_messages_in_order(backend: Backend) -> None:
+    from backend.relay import Relay
+
+    backend.subscriptions.subscribe("shipping", "order.created")
+    backend.declare()
+    dead = backend.settings.with_(amqp_urls=("amqp://guest:guest@127.0.0.1:9/%2F",), confirm_timeout=0.5)
+    down = Backend(dead, store=backend.store, subscriptions=backend.subscriptions)
+    for i in range(50):
+        down.emit_event("order.created", {"i": i})
+    assert backend.ledger.status_counts("shipping")["shipping"] == {"pending": 50}
+    relay = Relay(backend.settings, backend.ledger)
+    assert relay.run_once(min_age=0) == 50
+    relay.close()
+    assert backend.ledger.status_counts("shipping")["shipping"] == {"queued": 50}
+    rec = Recorder()
+    _runtime(backend, {"shipping": rec}).run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == list(range(50))
+    assert rt_stats_ok(rec)
+    down.close()
+
+
+def rt_stats_ok(rec: Recorder) -> bool:
+    return len({m.id for m in rec.calls}) == len(rec.calls)
+
+
+def test_pipeline_duplicate_publish_is_acked_without_calling_the_handler(backend: Backend) -> None:
+    from backend.relay import Relay
+    from backend.values import Envelope
+
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    ids = [backend.emit_event("x", {"i": i})[0] for i in range(3)]
+    # the same envelopes published a second time (as after a lost confirm)
+    docs = [backend.ledger.message(i) for i in ids]
+    relay = Relay(backend.settings, backend.ledger)
+    relay.publisher.publish([Envelope(d["_id"], d["actor"], d["seq"], d["event"]) for d in docs], {})
+    relay.close()
+    rec = Recorder()
+    rt = _runtime(backend, {"payment": rec})
+    stats = rt.run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == [0, 1, 2]
+    assert stats["payment"].skipped == 3
+
+
+def test_pipeline_malformed_delivery_is_dead_lettered_without_blocking(backend: Backend) -> None:
+    from backend.broker import connect
+
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    backend.emit_event("x", {"i": 0})
+    conn = connect(backend.settings, "test-intruder")
+    ch = conn.channel()
+    ch.basic_publish(backend.settings.exchange, backend.settings.queue_name("payment"), b"not json")
+    conn.close()
+    backend.emit_event("x", {"i": 1})
+    rec = Recorder()
+    stats = _runtime(backend, {"payment": rec}).run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == [0, 1]
+    assert stats["payment"].dead_lettered == 1
+    assert backend.ledger.actor("payment")["blocked"] is None
+
+
+def test_pipeline_concurrent_emitters_keep_sequence_order_per_actor(backend: Backend) -> None:
+    backend.subscriptions.subscribe("analytics", "e")
+    backend.declare()
+    errors: list[BaseException] = []
+
+    def emit(tag: str) -> None:
+        try:
+            for i in range(100):
+                backend.emit_event("e", {"t": tag, "i": i})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=emit, args=(t,)) for t in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rec = Recorder()
+    _runtime(backend, {"analytics": rec}).run(drain=True, timeout=120)
+    assert rec.seqs() == list(range(1, 301))
+    for tag in "abc":
+        assert [p["i"] for p in rec.payloads() if p["t"] == tag] == list(range(100))
+
+
+def test_pipeline_sequence_gap_is_tombstoned_after_grace(backend: Backend) -> None:
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    backend.emit_event("x", {"i": 0})
+    backend.ledger.allocate("payment", 1)  # an emitter that died between allocation and insert
+    backend.emit_event("x", {"i": 2})
+    rec = Recorder()
+    _runtime(backend, {"payment": rec}).run(drain=True, timeout=60)
+    assert [p["i"] for p in rec.payloads()] == [0, 2]
+    tomb = backend.ledger.find(actor="payment", status="cancelled")[0]
+    assert [t["seq"] for t in tomb] == [2] and tomb[0]["cancelled"]["by"] == "system"
+
+
+def test_pipeline_subscription_filters_on_payload_fields(backend: Backend) -> None:
+    subs = backend.subscriptions
+    subs.subscribe("shipping", "order.created", where={"country": ["FR", "BE"]})
+    subs.subscribe("analytics", "order.created")
+    backend.declare()
+    assert len(backend.emit_event("order.created", {"country": "FR"})) == 2
+    assert len(backend.emit_event("order.created", {"country": "US"})) == 1
+    assert backend.emit_event("nobody.listens", {}) == []
+
+
+def test_pipeline_operations_are_idempotent_and_refuse_wrong_states(backend: Backend) -> None:
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    mid = backend.emit_event("x", {"i": 0})[0]
+    ops = backend.operations
+    ops.pause("payment", "op", "r")
+    ops.pause("payment", "op", "r")
+    assert backend.ledger.actor("payment")["paused"]["by"] == "op"
+    ops.resume("payment", "op")
+    ops.resume("payment", "op")
+    with pytest.raises(Conflict):
+        ops.replay(mid, "op")  # queued, not failed
+    _runtime(backend, {"payment": Recorder()}).run(drain=True, timeout=60)
+    before = backend.ledger.message(mid)
+    with pytest.raises(Conflict):
+        ops.edit(mid, {"i": 1}, "op")  # done
+    with pytest.raises(Conflict):
+        ops.cancel(mid, "op", "no")
+    assert backend.ledger.message(mid) == before
+    changed = [e["changed"] for e in backend.audit.find(action="pause")[0]]
+    assert sorted(changed) == [False, True]
+
+
+def test_pipeline_edit_refused_by_schema_leaves_the_ledger_unchanged(backend: Backend) -> None:
+    backend.subscriptions.actor("payment", schema={"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]})
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    mid = backend.emit_event("x", {"amount": 1})[0]
+    before = backend.ledger.message(mid)
+    with pytest.raises(SchemaViolation) as err:
+        backend.operations.edit(mid, {"amount": "ten"}, "op")
+    assert err.value.details[0]["path"] == "$.amount"
+    assert backend.ledger.message(mid) == before
+    assert backend.ledger.message(mid)["status"] == Status.QUEUED.value
