@@ -35,7 +35,7 @@ class ClusterError(RuntimeError):
 
 class Cluster:
     def __init__(self, state_dir: str | os.PathLike | None = None, host: str = "127.0.0.1",
-                 user: str = "guest", password: str = "guest", timeout: float = 240.0):
+                 user: str = "guest", password: str = "guest", timeout: float = 600.0):
         self.state_dir = Path(state_dir) if state_dir else None
         self.host = host
         self.user = user
