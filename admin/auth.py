@@ -21,6 +21,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from admin import security
 from admin.users import Role, User, UserStore
+from backend.audit import AuditEntry
 from backend.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ login_manager = LoginManager()
 bp = Blueprint("auth", __name__)
 
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+SESSION_VERSION_KEY = "fq_session_version"
 
 
 def users() -> UserStore:
@@ -66,7 +68,24 @@ def _load_user(name: str) -> User | None:
         # Remembered so that protected pages answer "ledger unreachable" (503), not "log in".
         g.user_store_error = exc
         return None
-    return user if user is not None and user.active else None
+    if user is None or not user.active:
+        return None
+    # A cookie from before a logout or a password change carries an older version: refused, so a
+    # copied cookie dies with the session it was copied from.
+    if session.get(SESSION_VERSION_KEY) != user.session_version:
+        return None
+    return user
+
+
+def _audit(user: str, action: str, **details: Any) -> None:
+    """Login events in the audit trail; a store failure is logged, never turns a login into a 500."""
+    backend = current_app.extensions.get("fifoq")
+    if backend is None:
+        return
+    try:
+        backend.audit.record(AuditEntry(user, action, details={k: v for k, v in details.items() if v is not None}))
+    except (StoreError, ConnectionError, EOFError) as exc:
+        log.warning("could not audit %s for %s: %s", action, user, exc)
 
 
 @login_manager.unauthorized_handler
@@ -145,6 +164,9 @@ def login() -> Any:
         if wait:
             # Refused before the password is even checked: guessing gains nothing while throttled.
             log.warning("login throttled for %s from %s (retry in %ds)", _shown(name), request.remote_addr, wait)
+            # Only a real user name goes into the audit trail: people type passwords there.
+            _audit(name if users().get(name) is not None else "(unknown)", "login.throttled",
+                   address=request.remote_addr, retry_after=wait)
             flash(f"Too many failed logins: try again in {wait} seconds.", "error")
             resp = make_response(render_template("login.html", username=name), 429)
             resp.headers["Retry-After"] = str(wait)
@@ -158,16 +180,20 @@ def login() -> Any:
         limiter.succeeded(name)
         session.clear()
         session.permanent = True  # PERMANENT_SESSION_LIFETIME applies
+        session[SESSION_VERSION_KEY] = user.session_version
         login_user(user)
         log.info("user %s logged in from %s", user.name, request.remote_addr)
+        _audit(user.name, "login", address=request.remote_addr)
         return redirect(_safe_next(request.args.get("next")))
     return render_template("login.html", username="")
 
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> Any:
-    if current_user.is_authenticated:
+    if current_user.is_authenticated and g.get("auth_via") == "session":
         log.info("user %s logged out", current_user.name)
+        users().end_sessions(current_user.name)
+        _audit(current_user.name, "logout", address=request.remote_addr)
     logout_user()
     session.clear()
     flash("You are logged out.", "info")

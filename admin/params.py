@@ -50,14 +50,19 @@ def date_param(args: Mapping[str, Any], name: str, *, end_of_day: bool = False) 
     raw = text_filter(args, name)
     if raw is None:
         return None
+    message = f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 date-time"
     try:
         if len(raw) == 10:
             day = date.fromisoformat(raw)
             value = datetime.combine(day, time.min, tzinfo=timezone.utc)
             return value + timedelta(days=1) if end_of_day else value
-        return as_aware(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+        # Converted to UTC here, so that an offset near the ends of the calendar is refused now
+        # rather than overflowing later in a comparison or a query.
+        return as_aware(datetime.fromisoformat(raw.replace("Z", "+00:00"))).astimezone(timezone.utc)
+    except OverflowError:
+        raise ValidationError(f"{message} within the years 1 to 9999 (UTC)") from None
     except ValueError:
-        raise ValidationError(f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 date-time") from None
+        raise ValidationError(message) from None
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,11 @@ def parse_json_text(raw: Any, what: str = "payload") -> Any:
                               [{"path": "$", "message": f"{exc.msg} (line {exc.lineno}, column {exc.colno})"}]) from None
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        # An integer of more than 4,300 digits (Python's int max_str_digits). Python's advice
+        # after the ';' (sys.set_int_max_str_digits) is not for the operator.
+        reason = str(exc).split(";")[0]
+        raise ValidationError(f"{what} is not valid JSON: {reason}", [{"path": "$", "message": reason}]) from None
 
 
 def pretty_json(value: Any) -> str:

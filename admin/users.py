@@ -65,6 +65,8 @@ class User:
     name: str
     role: Role
     active: bool = True
+    # Bumped on logout and password change: a session cookie made before then no longer loads.
+    session_version: int = 0
 
     # flask-login protocol
     @property
@@ -90,7 +92,8 @@ class User:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "User":
-        return cls(name=doc["_id"], role=Role(doc["role"]), active=bool(doc.get("active", True)))
+        return cls(name=doc["_id"], role=Role(doc["role"]), active=bool(doc.get("active", True)),
+                   session_version=int(doc.get("session_version", 0)))
 
 
 def validate_name(name: Any) -> str:
@@ -126,6 +129,7 @@ class UserStore:
             "password_hash": generate_password_hash(password),
             "role": role.value,
             "active": True,
+            "session_version": 0,
             "created_at": utcnow(),
         }
         try:
@@ -185,9 +189,15 @@ class UserStore:
     def set_password(self, name: str, password: str) -> None:
         password = validate_password(password)
         with self.store.op() as db:
-            res = db.users.update_one({"_id": name}, {"$set": {"password_hash": generate_password_hash(password)}})
+            res = db.users.update_one({"_id": name}, {"$set": {"password_hash": generate_password_hash(password)},
+                                                      "$inc": {"session_version": 1}})
         if res.matched_count == 0:
             raise UnknownUser(f"unknown user {name!r}")
+
+    def end_sessions(self, name: str) -> None:
+        """Invalidates every session cookie issued to the user so far (logout everywhere)."""
+        with self.store.op() as db:
+            db.users.update_one({"_id": name}, {"$inc": {"session_version": 1}})
 
     def set_active(self, name: str, active: bool) -> User:
         """A deactivated user can neither log in nor use a token; open sessions end at the next request."""

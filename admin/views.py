@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
 
 AUDIT_ACTIONS = ("pause", "resume", "edit", "replay", "cancel", "user.create", "user.role", "user.activate",
-                 "user.deactivate", "user.password", "token.create", "token.revoke")
+                 "user.deactivate", "user.password", "token.create", "token.revoke", "login", "logout", "login.throttled")
 
 
 def backend() -> Backend:

@@ -78,6 +78,50 @@ def test_admin_auth_logout_ends_the_session(viewer: FlaskClient) -> None:
     assert viewer.get("/").status_code == 302
 
 
+def _replay_cookie(app: Flask, cookie: str) -> FlaskClient:
+    """A fresh client carrying only a copied session cookie, as a thief would."""
+    thief = app.test_client()
+    thief.set_cookie(app.config.get("SESSION_COOKIE_NAME", "session"), cookie)
+    return thief
+
+
+def test_admin_auth_logout_invalidates_a_copied_session_cookie(app: Flask, viewer: FlaskClient) -> None:
+    cookie = viewer.get_cookie(app.config.get("SESSION_COOKIE_NAME", "session")).value
+    assert _replay_cookie(app, cookie).get("/api/me").status_code == 200
+    viewer.post("/logout")
+    thief = _replay_cookie(app, cookie)
+    assert thief.get("/api/me").status_code == 401
+    assert thief.get("/").status_code == 302
+    # Logging in again gives a new, working session; the old cookie stays dead.
+    fresh = app.test_client()
+    assert login(fresh, "vera").status_code == 302 and fresh.get("/api/me").status_code == 200
+    assert _replay_cookie(app, cookie).get("/api/me").status_code == 401
+
+
+def test_admin_auth_password_change_invalidates_open_sessions(app: Flask, viewer: FlaskClient, users: UserStore) -> None:
+    assert viewer.get("/api/me").status_code == 200
+    users.set_password("vera", "a-brand-new-password")
+    assert viewer.get("/api/me").status_code == 401
+    assert login(app.test_client(), "vera", "a-brand-new-password").status_code == 302
+
+
+def test_admin_auth_login_logout_and_throttling_are_audited(backend: Backend, users: UserStore, admin_client: FlaskClient) -> None:
+    app = make_app(backend, ADMIN_LOGIN_MAX_FAILURES=2)
+    client = app.test_client()
+    assert login(client, "otto").status_code == 302
+    client.post("/logout")
+    for _ in range(2):
+        assert login(client, "otto", "wrong-password").status_code == 401
+    assert login(client, "otto").status_code == 429
+    assert login(client, "not-a-user").status_code == 429
+    items = admin_client.get("/api/audit?per_page=200").get_json()["items"]
+    otto = [r["action"] for r in items if r["user"] == "otto"]
+    assert sorted(otto) == ["login", "login.throttled", "logout"]
+    assert [r["user"] for r in items if r["action"] == "login.throttled"].count("(unknown)") == 1
+    assert all("wrong-password" not in str(r) and "not-a-user" not in str(r) for r in items)
+    assert admin_client.get("/api/audit?action=logout").get_json()["items"][0]["user"] == "otto"
+
+
 def test_admin_auth_session_expires(backend: Backend, users: UserStore) -> None:
     app = make_app(backend, ADMIN_SESSION_MINUTES="1")
     assert app.config["PERMANENT_SESSION_LIFETIME"] == timedelta(minutes=1)
@@ -115,7 +159,8 @@ def test_admin_auth_viewer_cannot_act(viewer: FlaskClient, backend: Backend, blo
     assert "needs the" in text(resp)
     assert backend.ledger.message(blocked.failed_id) == before
     assert backend.ledger.actor("payment")["paused"] is None
-    assert backend.audit.find()[1] == 0
+    # Only the viewer's own login is in the audit trail: no action was recorded.
+    assert [r["action"] for r in backend.audit.find()[0]] == ["login"]
 
 
 def test_admin_auth_viewer_replay_over_api_is_403(viewer: FlaskClient, backend: Backend, blocked: Blocked) -> None:

@@ -203,6 +203,24 @@ def test_admin_views_schema_invalid_edit_is_refused_with_paths_and_ledger_unchan
     assert backend.ledger.message(blocked.failed_id) == before
 
 
+def test_admin_views_actor_page_date_filters_at_the_ends_of_the_calendar(viewer: FlaskClient, blocked: Blocked) -> None:
+    for query in ("until=9999-12-31", "since=0001-01-01T00:00:00%2B05:00"):
+        resp = viewer.get(f"/actors/payment?{query}", follow_redirects=True)
+        assert resp.status_code == 200, query
+        assert "within the years 1 to 9999" in text(resp), query
+    assert viewer.get("/actors/payment?until=9999-12-30&since=0001-01-01").status_code == 200
+
+
+def test_admin_views_edit_with_a_huge_integer_is_a_400(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:
+    before = backend.ledger.message(blocked.failed_id)
+    for confirm in ({}, {"confirm": "1", "expected_version": "1"}):
+        resp = operator.post(f"/messages/{blocked.failed_id}/edit",
+                             data={"payload": '{"amount": ' + "9" * 5000 + ', "customer": {"email": "e"}}', **confirm})
+        assert resp.status_code == 400
+        assert "4300 digits" in text(resp) and "set_int_max_str_digits" not in text(resp)
+    assert backend.ledger.message(blocked.failed_id) == before
+
+
 def test_admin_views_malformed_json_edit_is_a_400_with_the_position(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:
     resp = operator.post(f"/messages/{blocked.failed_id}/edit", data={"payload": '{"amount": 1,'})
     assert resp.status_code == 400
@@ -267,7 +285,7 @@ def test_admin_views_audit_page_lists_and_filters_actions(operator: FlaskClient,
     assert "maintenance" in page and blocked.failed_id[:12] not in page
     page = text(viewer.get("/audit?actor=payment"))
     assert blocked.failed_id[:12] in page and "maintenance" not in page
-    page = text(viewer.get("/audit?user=vera"))
+    page = text(viewer.get("/audit?user=nobody"))
     assert "No entry matches." in page
 
 
@@ -325,7 +343,7 @@ def test_admin_views_users_page_creates_users_changes_roles_and_tokens(admin_cli
     token_id = token[3:].split(".")[0]
     resp = admin_client.post(f"/tokens/{token_id}/revoke", follow_redirects=True)
     assert "revoked" in text(resp) and users.user_for_token(token) is None
-    assert {r["action"] for r in backend.audit.find(user="ada")[0]} == {"user.create", "user.role", "token.create", "token.revoke"}
+    assert {r["action"] for r in backend.audit.find(user="ada")[0]} == {"login", "user.create", "user.role", "token.create", "token.revoke"}
 
 
 def test_admin_views_edit_of_a_done_message_is_refused_visibly(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -67,6 +68,27 @@ raw_bodies = st.one_of(
 )
 bodies = st.one_of(objects.map(lambda o: json.dumps(o).encode()), json_values.map(lambda v: json.dumps(v).encode()),
                    raw_bodies)
+
+# since/until: dates and date-times over the whole calendar, with offsets up to +-23:59, so that the
+# ends (0001-01-01 with a positive offset, 9999-12-31 as an inclusive upper bound) come up.
+EXTREME_DATES = ["9999-12-31", "0001-01-01", "0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00+23:59",
+                 "9999-12-31T23:59:59-05:00", "9999-12-31T23:59:59.999999-23:59", "9999-12-31T23:59:59Z",
+                 "0001-01-01T00:00:00Z", "0000-01-01", "10000-01-01", "2024-02-30", "2024-13-01", "2024-05-01T25:00",
+                 "2024-05-01T00:00:00+24:00", "2024-05-01T00:00:00+99:99", "+002024-05-01", "2024-W01-1", "20240501"]
+offsets = st.one_of(st.none(), st.just(timezone.utc), st.builds(
+    timezone, st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59))))
+date_texts = st.one_of(
+    st.sampled_from(EXTREME_DATES),
+    st.dates().map(date.isoformat),
+    st.datetimes(timezones=offsets).map(datetime.isoformat),
+    st.datetimes(timezones=offsets).map(lambda d: d.isoformat().replace("+00:00", "Z")),
+)
+# JSON text with an integer Python refuses to parse (more than 4,300 digits), in a payload edit.
+huge_numbers = st.integers(min_value=4_301, max_value=6_000).flatmap(
+    lambda n: st.sampled_from(["", "-"]).map(lambda sign: sign + "9" * n))
+huge_payload_texts = huge_numbers.flatmap(lambda digits: st.sampled_from([
+    digits, f'{{"amount": {digits}, "customer": {{"email": "e"}}}}', f'{{"amount": 1, "customer": {{"email": "e"}}, "n": [{digits}]}}',
+]))
 
 OPERATOR_ACTIONS = [
     ("POST", "/api/actors/{actor}/pause"),
@@ -201,6 +223,70 @@ def test_fuzz_reads_with_hostile_query_strings(app: Flask, backend: Backend, use
         resp = client.get(f"{url}?{qs}", headers=auth)
         assert resp.status_code < 500, f"GET {url[:100]} {query!r}: {resp.status_code} {resp.get_data(as_text=True)[:200]}"
         assert snapshot(backend) == before
+
+    prop()
+
+
+DATE_READS = ["/api/actors/{actor}/messages", "/actors/{actor}"]
+
+
+def test_fuzz_date_filters_over_the_whole_calendar(app: Flask, backend: Backend, users: UserStore, blocked: Blocked) -> None:
+    client = app.test_client()  # a session: /actors/<name> is an HTML page
+    assert client.post("/login", data={"username": "vera", "password": PASSWORD}).status_code == 302
+
+    @FUZZ
+    @given(path=st.sampled_from(DATE_READS), actor=st.sampled_from(["payment", "shipping"]),
+           query=st.fixed_dictionaries({}, optional={"since": date_texts, "until": date_texts}))
+    def prop(path: str, actor: str, query: dict[str, str]) -> None:
+        before = snapshot(backend)
+        resp = client.get(path.format(actor=actor), query_string=query)
+        assert resp.status_code < 500, f"GET {path} {query!r}: {resp.status_code} {resp.get_data(as_text=True)[:200]}"
+        if path.startswith("/api/") and resp.status_code == 400:
+            assert "date" in resp.get_json()["error"]
+        assert snapshot(backend) == before
+
+    prop()
+
+
+def test_fuzz_huge_integers_in_json_edits_are_refused(app: Flask, backend: Backend, users: UserStore, blocked: Blocked) -> None:
+    auth = token_for(users, "otto")
+    client = app.test_client()
+
+    @FUZZ
+    @given(text=huge_payload_texts, path=st.sampled_from(["/api/messages/{mid}/payload", "/api/messages/{mid}/preview"]))
+    def prop(text: str, path: str) -> None:
+        before = snapshot(backend)
+        url = path.format(mid=blocked.failed_id)
+        resp = client.put(url, data=f'{{"payload": {text}}}', content_type="application/json", headers=auth) \
+            if path.endswith("payload") else client.post(url, data=f'{{"payload": {text}}}', content_type="application/json", headers=auth)
+        check(resp, before, backend, f"{path} {text[:40]}")
+        assert resp.status_code == 400
+
+    prop()
+
+
+def test_fuzz_html_form_edit_never_fails_and_refusals_change_nothing(app: Flask, backend: Backend, users: UserStore,
+                                                                     blocked: Blocked) -> None:
+    client = app.test_client()
+    assert client.post("/login", data={"username": "otto", "password": PASSWORD}).status_code == 302
+
+    @FUZZ
+    @given(mid=st.one_of(st.sampled_from(ids_of(blocked)), texts),
+           payload=st.one_of(huge_payload_texts, json_values.map(json.dumps), texts,
+                             st.sampled_from(["[" * 50_000, '{"a":' * 20_000, "1e999999", "NaN", '{"amount": Infinity}'])),
+           confirm=st.sampled_from([None, "1", "yes"]),
+           expected=st.one_of(st.none(), st.integers(-5, 5).map(str), texts))
+    def prop(mid: str, payload: str, confirm: str | None, expected: str | None) -> None:
+        before = snapshot(backend)
+        form = {"payload": payload, **({"confirm": confirm} if confirm is not None else {}),
+                **({"expected_version": expected} if expected is not None else {})}
+        url = target("/messages/{mid}/edit", blocked, {"mid": mid})
+        # Encoded by hand, as target() does: a lone surrogate goes out as the bytes a careless client sends.
+        raw = "&".join(f"{k}={quote(v.encode('utf-8', 'surrogatepass'), safe='')}" for k, v in form.items())
+        resp = client.post(url, data=raw, content_type="application/x-www-form-urlencoded")
+        assert resp.status_code < 500, f"POST {url[:80]} {payload[:60]!r}: {resp.status_code} {resp.get_data(as_text=True)[:200]}"
+        if resp.status_code >= 400:
+            assert snapshot(backend) == before, f"POST {url[:80]}: refused with {resp.status_code} but the ledger changed"
 
     prop()
 
