@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from playwright import sync_api as playwright_api
 from werkzeug.serving import make_server
 
 from admin.rabbitmq_api import QueueInfo, RabbitAPI
@@ -23,7 +24,6 @@ from connectors.runtime import Runtime
 from tests.admin_fixtures import PASSWORD, Blocked, blocked, make_app, users  # noqa: F401  (fixtures)
 from tests.helpers import wait_for
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency: pip install -e '.[test]'")
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 pytestmark = pytest.mark.browser
