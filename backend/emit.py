@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from backend.broker import Publisher
+from backend.broker import BrokerRefused, Publisher
 from backend.errors import BrokerUnavailable, FifoqError, SchemaViolation, ValidationError
 from backend.ledger import Ledger
 from backend.payloads import normalise
@@ -72,6 +72,10 @@ class Emitter:
             self.publisher.declare_actor(spec.name, self._qtypes[spec.name])
         except BrokerUnavailable as exc:
             log.warning("actor=%s queue not declared yet, broker unavailable: %s", spec.name, exc)
+        except BrokerRefused as exc:
+            # Wrong permissions or a queue declared with other arguments: an operator's problem,
+            # not the caller's. The messages are stored all the same and the relay retries.
+            log.error("actor=%s queue declaration refused by the broker: %s", spec.name, exc)
 
     # -- emitting ----------------------------------------------------------------------------
     def emit_event(self, name: str, payload: Any, *, correlation_id: str | None = None) -> list[str]:

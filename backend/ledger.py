@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 from backend.errors import Conflict, UnknownActor, UnknownMessage
@@ -223,6 +223,7 @@ class Ledger:
             "cancelled": None,
             "replay_requested": None,
             "owner": None,
+            "lease_until": None,
             "created_at": now,
             "updated_at": now,
             "published_at": None,
@@ -386,21 +387,37 @@ class Ledger:
         return out
 
     # -- processing transitions (the connector runtime) -------------------------------------
-    def claim(self, message_id: str, owner: str) -> tuple[dict[str, Any], str] | None:
-        """Start an attempt. Returns (document as it now is, status it had) or None if the message
-        is not claimable (done, cancelled, failed without a replay request, unknown)."""
+    def claim(self, message_id: str, owner: str, lease_seconds: float) -> tuple[dict[str, Any], str] | None:
+        """Start an attempt, leased to `owner` for `lease_seconds` (renew_lease extends it).
+
+        Returns (document as it now is, status it had) or None if the message is not claimable:
+        done, cancelled, failed without a replay request, unknown, or processing under another
+        owner's live lease. A message left processing by an owner that stopped renewing (killed,
+        or cut off from the ledger) can be claimed again once its lease has expired, so two
+        replicas never run the same message at once, even when the broker has already handed
+        the queue to the standby."""
         now = utcnow()
+        processing = Status.PROCESSING.value
         with self.store.op() as db:
             before = db.messages.find_one_and_update(
                 {
                     "_id": message_id,
                     "$or": [
-                        {"status": {"$in": [Status.PENDING.value, Status.QUEUED.value, Status.PROCESSING.value, Status.HELD.value]}},
+                        {"status": {"$in": [Status.PENDING.value, Status.QUEUED.value, Status.HELD.value]}},
                         {"status": Status.FAILED.value, "replay_requested": {"$ne": None}},
+                        {"status": processing, "owner": owner},
+                        {"status": processing, "lease_until": None},
+                        {"status": processing, "lease_until": {"$lt": now}},
                     ],
                 },
                 {
-                    "$set": {"status": Status.PROCESSING.value, "owner": owner, "started_at": now, "updated_at": now},
+                    "$set": {
+                        "status": processing,
+                        "owner": owner,
+                        "lease_until": now + timedelta(seconds=lease_seconds),
+                        "started_at": now,
+                        "updated_at": now,
+                    },
                     "$inc": {"attempts": 1},
                 },
                 return_document=RETURN_BEFORE,
@@ -408,8 +425,28 @@ class Ledger:
         if before is None:
             return None
         previous = before["status"]
-        doc = dict(before, status=Status.PROCESSING.value, owner=owner, started_at=now, attempts=before["attempts"] + 1)
+        doc = dict(before, status=processing, owner=owner, started_at=now, attempts=before["attempts"] + 1)
         return doc, previous
+
+    def renew_lease(self, message_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease of an attempt `owner` holds. False: the attempt is no longer ours."""
+        now = utcnow()
+        with self.store.op() as db:
+            res = db.messages.update_one(
+                {"_id": message_id, "status": Status.PROCESSING.value, "owner": owner},
+                {"$set": {"lease_until": now + timedelta(seconds=lease_seconds)}},
+            )
+        return res.modified_count == 1
+
+    def unclaim(self, message_id: str, owner: str) -> bool:
+        """Give an attempt back untouched (a control message the worker could not carry out yet)."""
+        now = utcnow()
+        with self.store.op() as db:
+            res = db.messages.update_one(
+                {"_id": message_id, "status": Status.PROCESSING.value, "owner": owner},
+                {"$set": {"status": Status.QUEUED.value, "owner": None, "lease_until": None, "updated_at": now}},
+            )
+        return res.modified_count == 1
 
     def complete(self, doc: dict[str, Any], owner: str) -> bool:
         return self._settle(doc, owner, Status.DONE, None)
@@ -426,6 +463,7 @@ class Ledger:
             "updated_at": now,
             "replay_requested": None,
             "owner": None,
+            "lease_until": None,
         }
         if error is not None:
             fields["last_error"] = dict(error.to_doc(), at=now)

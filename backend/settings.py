@@ -27,6 +27,7 @@ def redact_url(url: str) -> str:
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+MAX_PREFETCH = 2000  # RabbitMQ refuses a higher prefetch on quorum queues
 
 
 def _tls_files(env: Mapping[str, str], urls: tuple[str, ...]) -> dict[str, str]:
@@ -71,6 +72,10 @@ class Settings:
     gap_grace: float = 30.0
     relay_min_age: float = 10.0
     lanes: int = 4  # default lane count of actors with an ordering key
+    # How long a connector's claim on a message lasts without renewal. The runtime renews it while
+    # the handler runs; a replica takes over a message left processing by a dead one only after
+    # the lease expires, so this is also the longest a SIGKILL mid-handler delays the handover.
+    claim_lease: float = 30.0
     # TLS (amqps:// URLs): the CA that signed the broker's certificate (the system's trust store
     # when empty) and an optional client certificate. Verification is always on: there is no
     # setting to turn it off.
@@ -88,7 +93,7 @@ class Settings:
         env = os.environ if env is None else env
         d = cls()
 
-        def num(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
+        def num(name: str, default: float, kind: type = float, minimum: float = 0, maximum: float | None = None) -> float:
             raw = env.get(name, "")
             if raw.strip() == "":
                 return default
@@ -98,6 +103,8 @@ class Settings:
                 raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
             if value < minimum:
                 raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+            if maximum is not None and value > maximum:
+                raise ConfigError(f"{name}={raw!r} must be <= {maximum}")
             return value
 
         urls = tuple(u.strip() for u in env.get("AMQP_URL", ",".join(d.amqp_urls)).split(",") if u.strip())
@@ -135,7 +142,8 @@ class Settings:
             prefix=prefix,
             queue_type=queue_type,
             confirm_timeout=num("FIFOQ_CONFIRM_TIMEOUT", d.confirm_timeout, float, 0.1),
-            prefetch=int(num("FIFOQ_PREFETCH", d.prefetch, int, 1)),
+            # RabbitMQ caps prefetch on quorum queues at 2000 (a higher value is refused).
+            prefetch=int(num("FIFOQ_PREFETCH", d.prefetch, int, 1, MAX_PREFETCH)),
             max_payload_bytes=int(num("FIFOQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes, int, 64)),
             delivery_limit=int(num("FIFOQ_DELIVERY_LIMIT", d.delivery_limit, int, 1)),
             transient_retries=int(num("FIFOQ_TRANSIENT_RETRIES", d.transient_retries, int, 0)),
@@ -144,6 +152,7 @@ class Settings:
             gap_grace=num("FIFOQ_GAP_GRACE", d.gap_grace, float, 0.0),
             relay_min_age=num("FIFOQ_RELAY_MIN_AGE", d.relay_min_age, float, 0.0),
             lanes=int(num("FIFOQ_LANES", d.lanes, int, 1)),
+            claim_lease=num("FIFOQ_CLAIM_LEASE_SECONDS", d.claim_lease, float, 1.0),
             amqp_ca_file=tls["AMQP_CA_FILE"],
             amqp_cert_file=tls["AMQP_CERT_FILE"],
             amqp_key_file=tls["AMQP_KEY_FILE"],

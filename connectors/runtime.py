@@ -16,6 +16,7 @@ ledger with conditional updates:
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Any, Callable
 from backend.broker import ActorConsumer, Delivery
 from backend.errors import BrokerUnavailable, FifoqError, TransientError, UnknownActor, UnknownMessage
 from backend.ledger import Ledger, as_aware, utcnow
+from backend.logs import correlation
 from backend.settings import Settings
 from backend.values import LANE_OPEN_STATUSES, ErrorInfo, Envelope, Message, QueueType, Status
 from connectors.registry import OnInterrupted, Registration, Registry
@@ -52,6 +54,7 @@ class Outcome(str, Enum):
     UNKNOWN = "unknown"  # the envelope names a message the ledger does not have
     BLOCKED = "blocked"  # failed now, or the actor is blocked on an earlier message
     WAIT = "wait"  # an earlier sequence number is not in the ledger yet
+    BUSY = "busy"  # another owner's live claim holds the message (a replica still running it)
     STOPPED = "stopped"
 
 
@@ -98,6 +101,7 @@ class ActorWorker:
         self._state: dict[str, Any] = {}
         self._state_read = 0.0
         self._gap_since: dict[int, float] = {}
+        self._lease_renewed = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"handler-{self.actor}")
         self.drained = threading.Event()
 
@@ -151,9 +155,10 @@ class ActorWorker:
                         continue
                     if state.get("blocked"):
                         self.release()
-                        if self._handle_blocked(state["blocked"], stop) is Outcome.DONE:
+                        outcome = self._handle_blocked(state["blocked"], stop)
+                        if outcome is Outcome.DONE:
                             continue
-                        if drain:
+                        if drain and outcome is not Outcome.BUSY:  # busy: wait for the other claim
                             break
                         stop.wait(self.settings.poll_interval)
                         continue
@@ -161,8 +166,6 @@ class ActorWorker:
                     if not consumer.is_open:
                         consumer.open()
                         self.expected, self.active = None, False
-                        self.state(fresh=True)
-                        self.blocked_keys = {k["key"] for k in self.ledger.blocked_keys(self.actor, self.lane)}
                         log.info("actor=%s consuming %s", self.actor, consumer.queue)
                     delivery = consumer.next_delivery(self.settings.poll_interval if not drain else DRAIN_IDLE_SECONDS / 3)
                     failures = 0
@@ -173,7 +176,8 @@ class ActorWorker:
                                 break
                         continue
                     idle_since = None
-                    self.active = True
+                    if not self.active:
+                        self._activate()
                     self._on_delivery(delivery, stop)
                 except (BrokerUnavailable, ConnectionError) as exc:
                     self.release()
@@ -192,6 +196,15 @@ class ActorWorker:
             self._executor.shutdown(wait=True)
             self.drained.set()
 
+    def _activate(self) -> None:
+        """First delivery of a consume session: the broker made us the lane's single active
+        consumer. Whatever we knew as a standby may be stale (the previous active consumer may
+        have blocked keys or moved the lane on): read it again from the ledger."""
+        self.active = True
+        self.expected = None
+        self.state(fresh=True)
+        self.blocked_keys = {k["key"] for k in self.ledger.blocked_keys(self.actor, self.lane)}
+
     def _drained(self) -> bool:
         """Drain mode: the queue is empty and nothing open is left in the ledger we could run."""
         consumer = self._consumer()
@@ -200,8 +213,15 @@ class ActorWorker:
         first = self.ledger.first_open(self.actor, self.lane, keyed=self.keyed)
         if first is None:
             return True
+        if first["status"] == Status.QUEUED.value and not self.active:
+            # Confirmed by the broker, yet not delivered to us: another replica is the queue's
+            # single active consumer and holds it (RabbitMQ does not tell a standby so; a quorum
+            # queue even counts one consumer). Its work, not ours: the drain ends here.
+            log.info("actor=%s message=%s seq=%d held by the queue's active consumer: drain ends", self.name, first["_id"], first["seq"])
+            return True
         if first["status"] in LANE_OPEN_STATUSES:
-            # In the ledger but not in the queue (not yet relayed, or lost): run it from the ledger.
+            # Never confirmed (not relayed yet), left processing by a dead replica (its lease
+            # decides), or lost from the queue: run it from the ledger, lowest sequence first.
             self._process_range(first["seq"], first["seq"] + 1, threading.Event())
             return False
         return True
@@ -249,7 +269,13 @@ class ActorWorker:
             except UnknownMessage:
                 pass
             self.release()
-        else:  # WAIT or STOPPED: keep order, give everything back
+        elif outcome in (Outcome.WAIT, Outcome.BUSY):
+            # Keep order, give everything back, and look again after a pause (not in a loop of
+            # reconnections): the missing message may be stored late, the other owner's claim
+            # ends when it settles the message or its lease expires.
+            self.release()
+            stop.wait(self.settings.poll_interval)
+        else:  # STOPPED: keep order, give everything back
             self.release()
 
     def _load_expected(self) -> int:
@@ -305,7 +331,7 @@ class ActorWorker:
             outcome = self._keyed_gate(message_id, stop)
             if outcome is not None:
                 return outcome
-        claimed = self.ledger.claim(message_id, self.rt.owner)
+        claimed = self.ledger.claim(message_id, self.rt.owner, self.settings.claim_lease)
         if claimed is None:
             try:
                 doc = self.ledger.message(message_id)
@@ -314,12 +340,21 @@ class ActorWorker:
             if Status(doc["status"]).final:
                 self.stats.skipped += 1
                 return Outcome.SKIPPED
+            if doc["status"] == Status.PROCESSING.value:
+                log.info("actor=%s message=%s seq=%d claimed by %s until its lease expires: waiting", self.actor, message_id, seq, doc.get("owner"))
+                return Outcome.BUSY
             if state.get("keyed"):
                 return Outcome.PASSED  # failed or held: in the custody of its key
             if doc["status"] == Status.FAILED.value:
                 self._block(doc, ErrorInfo(**{k: doc["last_error"][k] for k in ("type", "message", "traceback")}) if doc.get("last_error") else ErrorInfo("Failed", "failed earlier"))
             return Outcome.BLOCKED
         doc, previous = claimed
+        with correlation(doc.get("correlation_id")):  # on every log line of the attempt
+            return self._attempt(doc, previous, stop)
+
+    def _attempt(self, doc: dict[str, Any], previous: str, stop: threading.Event) -> Outcome:
+        """The claimed message's attempt: handler call, transient retries, then done or failed."""
+        message_id, seq = doc["_id"], doc["seq"]
         if previous == Status.PROCESSING.value:
             err = ErrorInfo("InterruptedDelivery", f"attempt {doc['attempts'] - 1} was interrupted (connector stopped mid-handler)")
             self.ledger.note_attempt(dict(doc, attempts=doc["attempts"] - 1), "interrupted", err)
@@ -349,7 +384,7 @@ class ActorWorker:
                 self._notify("retried", doc, time.monotonic() - started)
                 self.ledger.note_attempt(doc, "transient", err)
                 log.warning("actor=%s message=%s transient error (%s), retry %d/%d in %.1fs", self.actor, message_id, exc, attempt, retries, delay)
-                self._wait(delay, stop)
+                self._wait(delay, stop, doc)
                 doc = self.ledger.restart_attempt(doc, self.rt.owner)
                 continue
             self.ledger.fail(doc, self.rt.owner, err)
@@ -394,42 +429,74 @@ class ActorWorker:
         return None
 
     def _on_control(self, ctl: dict[str, Any], stop: threading.Event) -> Outcome:
-        claimed = self.ledger.claim(ctl["_id"], self.rt.owner)
+        claimed = self.ledger.claim(ctl["_id"], self.rt.owner, self.settings.claim_lease)
         if claimed is None:
+            if self.ledger.message(ctl["_id"])["status"] == Status.PROCESSING.value:
+                return Outcome.BUSY  # a replica that died while carrying it out: its lease runs
             return Outcome.SKIPPED  # already carried out
-        self._resume_key(ctl["key"], stop)
-        self.ledger.complete(claimed[0], self.rt.owner)
-        return Outcome.DONE
+        outcome = self._resume_key(ctl["key"], stop)
+        if outcome in (Outcome.DONE, Outcome.PASSED):
+            self.ledger.complete(claimed[0], self.rt.owner)
+            return Outcome.DONE
+        # Stopped, paused or waiting on another owner's claim: the instruction is not carried out
+        # yet. Give it back so that it comes again with the rest of the lane.
+        self.ledger.unclaim(ctl["_id"], self.rt.owner)
+        return outcome
 
-    def _resume_key(self, key: str, stop: threading.Event) -> None:
+    def _resume_key(self, key: str, stop: threading.Event) -> Outcome:
         """Replay the key's failed message if asked, then run its held messages in order; unblock
-        the key when none is left. A failure on the way blocks the key again on that message."""
+        the key when none is left. A failure on the way blocks the key again on that message.
+
+        DONE: the key is released; PASSED: it is (still, or again) blocked, nothing more to do;
+        STOPPED or BUSY: interrupted, to be carried out again."""
         state = self.ledger.key_state(self.actor, key)
         blocked = (state or {}).get("blocked")
         if blocked:
             head = self.ledger.message(blocked["message_id"])
-            if head["status"] == Status.FAILED.value:
-                if not head.get("replay_requested"):
-                    return  # nothing new: still blocked
+            replay = head["status"] == Status.FAILED.value and head.get("replay_requested")
+            if head["status"] == Status.FAILED.value and not replay:
+                return Outcome.PASSED  # nothing new: still blocked
+            if replay or head["status"] == Status.PROCESSING.value:  # asked, or a replay cut off
                 log.info("actor=%s message=%s replaying for key %r", self.actor, head["_id"], key)
-                if self._process(head["_id"], head["seq"], stop, replay=True) is not Outcome.DONE:
-                    return
+                outcome = self._process(head["_id"], head["seq"], stop, replay=True)
+                if outcome not in (Outcome.DONE, Outcome.SKIPPED):
+                    return outcome
         while True:
             held = self.ledger.held(self.actor, key)
             if not held:
                 break
             for doc in held:
-                if stop.is_set() or self._process(doc["_id"], doc["seq"], stop, replay=True) is not Outcome.DONE:
-                    return
+                if stop.is_set():
+                    return Outcome.STOPPED
+                outcome = self._process(doc["_id"], doc["seq"], stop, replay=True)
+                if outcome not in (Outcome.DONE, Outcome.SKIPPED):
+                    return outcome
         self.ledger.unblock_key(self.actor, key)
         self.blocked_keys.discard(key)
         log.info("actor=%s key %r released", self.actor, key)
+        return Outcome.DONE
+
+    def _renew(self, doc: dict[str, Any], force: bool = False) -> None:
+        """Keep our claim on the message alive while we hold it (a third of the lease apart)."""
+        now = time.monotonic()
+        if not force and now - self._lease_renewed < self.settings.claim_lease / 3:
+            return
+        self._lease_renewed = now
+        try:
+            if not self.ledger.renew_lease(doc["_id"], self.rt.owner, self.settings.claim_lease):
+                log.error("actor=%s message=%s our claim was lost (lease expired and taken over?)", self.actor, doc["_id"])
+        except FifoqError as exc:  # the ledger is down: the handler goes on, its outcome is written after
+            log.warning("actor=%s message=%s lease not renewed: %s", self.actor, doc["_id"], exc)
 
     def _call(self, doc: dict[str, Any]) -> BaseException | None:
-        """Run the handler in the handler thread while this thread keeps the connection served."""
+        """Run the handler in the handler thread while this thread keeps the connection served
+        and the claim on the message renewed."""
         message = Message.from_doc(doc)
-        future: Future[None] = self._executor.submit(self.reg.handler, message)
+        self._lease_renewed = time.monotonic()
+        # The handler's own log lines carry the message's correlation id too.
+        future: Future[None] = self._executor.submit(contextvars.copy_context().run, self.reg.handler, message)
         while True:
+            self._renew(doc)
             try:
                 future.result(timeout=HANDLER_POLL_SECONDS)
                 break
@@ -446,9 +513,10 @@ class ActorWorker:
                     log.warning("actor=%s message=%s connection lost during handler: %s", self.actor, doc["_id"], exc)
         return future.exception()
 
-    def _wait(self, seconds: float, stop: threading.Event) -> None:
+    def _wait(self, seconds: float, stop: threading.Event, doc: dict[str, Any]) -> None:
         end = time.monotonic() + seconds
         while not stop.is_set() and time.monotonic() < end:
+            self._renew(doc)
             if self.consumer is not None and self.consumer.is_open:
                 self.consumer.pump(min(0.1, end - time.monotonic()))
             else:
@@ -465,15 +533,19 @@ class ActorWorker:
             self.state(fresh=True)
             log.info("actor=%s unblocked: message %s is %s", self.actor, blocked["message_id"], doc and doc["status"])
             return Outcome.DONE
-        if doc["status"] == Status.FAILED.value and doc.get("replay_requested"):
-            log.info("actor=%s message=%s replaying (requested by %s)", self.actor, doc["_id"], doc["replay_requested"].get("by"))
+        replay = doc["status"] == Status.FAILED.value and doc.get("replay_requested")
+        # Processing: a replay is running in another replica (its lease is live: wait), or was
+        # cut off by a crash (lease expired: claimed again, with the actor's on_interrupted rule).
+        if replay or doc["status"] == Status.PROCESSING.value:
+            if replay:
+                log.info("actor=%s message=%s replaying (requested by %s)", self.actor, doc["_id"], doc["replay_requested"].get("by"))
             outcome = self._process(doc["_id"], doc["seq"], stop, replay=True)
             if outcome is Outcome.DONE:
                 self.ledger.clear_blocked(self.actor, doc["_id"])
                 self.state(fresh=True)
                 log.info("actor=%s message=%s replay succeeded, actor unblocked", self.actor, doc["_id"])
                 return Outcome.DONE
-            return Outcome.BLOCKED
+            return Outcome.BUSY if outcome is Outcome.BUSY else Outcome.BLOCKED
         return Outcome.BLOCKED
 
 
@@ -507,28 +579,52 @@ class Runtime:
         self.workers: dict[str, ActorWorker] = {}
         self.threads: list[threading.Thread] = []
 
-    def _check(self) -> list[tuple[Registration, int]]:
-        """Each registered actor with its number of lanes (from its declaration)."""
-        out = []
-        for reg in (self.registry.get(a) for a in self.actors):
+    def start(self, drain: bool = False) -> "Runtime":
+        for actor in self.actors:
+            reg = self.registry.get(actor)
+            try:
+                doc = self.ledger.actor(actor)
+            except UnknownActor:
+                # No backend has declared the actor yet: its lane count (fixed on first sight) and
+                # queue type are the backend's to choose, so wait for the declaration rather than
+                # guess them. In drain mode there is nothing to drain.
+                if drain:
+                    log.info("actor=%s not declared by any backend yet: nothing to drain", actor)
+                    continue
+                t = threading.Thread(target=self._await_declaration, args=(reg,), name=f"await-{actor}", daemon=True)
+                t.start()
+                self.threads.append(t)
+                continue
+            self._start_lanes(reg, int(doc.get("lanes", 1)), drain)
+        return self
+
+    def _start_lanes(self, reg: Registration, lanes: int, drain: bool) -> list[threading.Thread]:
+        started = []
+        for lane in range(lanes):
+            worker = ActorWorker(self, reg, lane)
+            self.workers[worker.name] = worker
+            t = threading.Thread(target=worker.run, args=(self.stop_event, drain), name=f"actor-{worker.name}", daemon=True)
+            t.start()
+            self.threads.append(t)
+            started.append(t)
+        return started
+
+    def _await_declaration(self, reg: Registration) -> None:
+        log.warning("actor=%s not declared by any backend yet: waiting for its declaration", reg.actor)
+        while not self.stop_event.is_set():
             try:
                 doc = self.ledger.actor(reg.actor)
             except UnknownActor:
-                # A connector may start before any backend declared the actor: its queue is then
-                # created on the broker now, its state document here.
-                doc = self.ledger.register_actor(reg.actor, queue_type=self.settings.queue_type.value, schema=None, subscriptions=[])
-            out.append((reg, int(doc.get("lanes", 1))))
-        return out
-
-    def start(self, drain: bool = False) -> "Runtime":
-        for reg, lanes in self._check():
-            for lane in range(lanes):
-                worker = ActorWorker(self, reg, lane)
-                self.workers[worker.name] = worker
-                t = threading.Thread(target=worker.run, args=(self.stop_event, drain), name=f"actor-{worker.name}", daemon=True)
-                t.start()
-                self.threads.append(t)
-        return self
+                self.stop_event.wait(self.settings.poll_interval)
+                continue
+            except FifoqError as exc:  # the ledger is down: keep waiting
+                log.warning("actor=%s cannot read its declaration yet: %s", reg.actor, exc)
+                self.stop_event.wait(RECONNECT_BACKOFF[-1])
+                continue
+            log.info("actor=%s declared with %d lane(s): starting", reg.actor, int(doc.get("lanes", 1)))
+            for t in self._start_lanes(reg, int(doc.get("lanes", 1)), drain=False):
+                t.join()
+            return
 
     def run(self, drain: bool = False, timeout: float | None = None) -> dict[str, WorkerStats]:
         """Serve until stop() (or, with drain=True, until every actor's queue is empty or blocked)."""

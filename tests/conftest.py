@@ -55,6 +55,7 @@ def settings(prefix: str) -> Iterator[Settings]:
         transient_backoff=0.05,
         gap_grace=2.0,
         relay_min_age=0.0,
+        claim_lease=3.0,
     )
     yield s
     Store.open(s).drop()

@@ -64,3 +64,15 @@ def keyed(message: Message) -> None:
         "INSERT OR IGNORE INTO keyed_effects (message_id, key, i) VALUES (?, ?, ?)",
         (message.id, message.payload["dossier_id"], message.payload["i"]),
     )
+
+
+@registry.handler("replayer", on_interrupted=OnInterrupted.BLOCK)
+def replayer(message: Message) -> None:
+    """Fails on {"bad": true}; {"slow": true} hangs so the test can kill it mid-replay."""
+    c = db()
+    c.execute("INSERT INTO calls (message_id, seq, pid, started) VALUES (?, ?, ?, ?)", (message.id, message.seq, os.getpid(), time.time()))
+    if message.payload.get("bad"):
+        raise ValueError("bad data")
+    if message.payload.get("slow"):
+        time.sleep(30)  # the test kills the process here
+    c.execute("INSERT INTO raw_effects (message_id, seq) VALUES (?, ?)", (message.id, message.seq))

@@ -39,3 +39,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, interval: flo
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def emit_around_a_gap(backend, actor: str = "payment", event: str = "x") -> None:
+    """Emit {"i": 0} and {"i": 2} to `actor` with sequence number 2 allocated but never stored
+    between them (an emitter that died between allocation and insert)."""
+    backend.subscriptions.subscribe(actor, event)
+    backend.declare()
+    backend.emit_event(event, {"i": 0})
+    backend.ledger.allocate(actor, 1)
+    backend.emit_event(event, {"i": 2})

@@ -38,6 +38,7 @@ def shared(backend: Backend, tmp_path: Path) -> Iterator[dict]:
         AMQP_URL=",".join(s.amqp_urls),
         FIFOQ_POLL_INTERVAL="0.1",
         FIFOQ_GAP_GRACE="2",
+        FIFOQ_CLAIM_LEASE_SECONDS="2",
         CRASH_DB=str(dbfile),
         LOG_LEVEL="WARNING",
     )
@@ -177,3 +178,36 @@ def test_crash_sigkill_keeps_per_key_order_across_lanes(backend: Backend, shared
         seen.setdefault(key, []).append(i)
     print(f"\n3 SIGKILLs over 3 lanes: {sum(map(len, seen.values()))} effects for {len(seen)} keys")
     assert seen == {k: list(range(n)) for k, n in counters.items()}
+
+
+def test_crash_sigkill_during_a_replay_blocks_again_and_the_operator_can_act(backend: Backend, shared: dict) -> None:
+    backend.subscriptions.subscribe("replayer", "pay")
+    backend.declare()
+    first = backend.emit_event("pay", {"bad": True})[0]
+    backend.emit_many([("pay", {"n": 2}), ("pay", {"n": 3})])
+    proc = shared["start"]("replayer")
+    wait_for(lambda: (backend.ledger.actor("replayer").get("blocked") or {}).get("message_id") == first, timeout=60, what="blocked on the bad message")
+    # the operator fixes the data, but the external system hangs during the replay: SIGKILL
+    backend.operations.edit(first, {"slow": True}, by="op")
+    backend.operations.replay(first, by="op")
+    wait_for(lambda: shared["query"]("SELECT COUNT(*) FROM calls")[0][0] == 2, timeout=60, what="replay started")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert backend.ledger.message(first)["status"] == "processing"
+    # a new connector takes the interrupted replay over once the dead one's lease expires, and
+    # blocks again (the actor is registered with on_interrupted=BLOCK): nothing stays stuck in
+    # `processing`, where the operator could neither replay nor cancel
+    final = shared["start"]("replayer", "--drain", "--timeout", "60")
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()[-2000:]
+    doc = backend.ledger.message(first)
+    assert doc["status"] == "failed" and doc["last_error"]["type"] == "InterruptedDelivery"
+    assert backend.ledger.actor("replayer")["blocked"]["message_id"] == first
+    assert shared["query"]("SELECT COUNT(*) FROM calls")[0][0] == 2  # not called again on its own
+    backend.operations.edit(first, {"n": 1}, by="op")
+    backend.operations.replay(first, by="op")
+    final = shared["start"]("replayer", "--drain", "--timeout", "60")
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()[-2000:]
+    assert [r[0] for r in shared["query"]("SELECT seq FROM raw_effects ORDER BY id")] == [1, 2, 3]
+    assert backend.ledger.actor("replayer")["blocked"] is None

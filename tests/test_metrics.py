@@ -119,11 +119,16 @@ def test_connector_metrics_server_reports_consuming_workers(backend: Backend) ->
         server.shutdown()
 
 
-def test_connector_cli_metrics_port_serves_prometheus_text(settings: Settings) -> None:
+def test_connector_cli_metrics_port_serves_prometheus_text(backend: Backend) -> None:
     """python -m connectors run --metrics-port, as a real process: /metrics answers, SIGTERM stops it."""
+    from backend import ledger_server
+
+    settings = backend.settings
+    backend.subscriptions.subscribe("payment", "tour.booked")
+    backend.declare()  # the connector serves actors a backend declared
+    server, ledger_url = ledger_server.serve(backend.ledger)
     port = free_port()
-    env = dict(os.environ, FIFOQ_PREFIX=settings.prefix, MONGODB_URL=f"mongomock://{settings.prefix}",
-               MONGODB_DB=settings.mongodb_db, LOG_LEVEL="WARNING")
+    env = dict(os.environ, FIFOQ_PREFIX=settings.prefix, MONGODB_URL=ledger_url, LOG_LEVEL="WARNING")
     proc = subprocess.Popen([sys.executable, "-m", "connectors", "run", "payment", "--metrics-port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -141,6 +146,7 @@ def test_connector_cli_metrics_port_serves_prometheus_text(settings: Settings) -
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
+        server.stop_event.set()
     assert proc.returncode == 0, err
 
 
