@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
     pv.add_argument("--rotate", action="append", default=[], metavar="USER",
                     help="give USER a new generated password ('all' for every user); repeatable")
     pv.add_argument("--guest", default="restrict", choices=["restrict", "delete", "keep"],
-                    help="restrict: remove guest's rights on the vhost (default); delete: delete guest")
+                    help="restrict (default): guest loses its tags and every permission (only those on the vhost "
+                         "when guest runs the provisioning); delete: delete guest; keep: leave it")
     pv.set_defaults(func=provision)
     return p
 

@@ -9,7 +9,10 @@ One idempotent pass through the management HTTP API (admin.rabbitmq_api, as an `
 3. a backstop policy on the actor queues (dead-letter exchange and an explicit delivery limit, so
    that a queue declared some other way is never silently dropped from after 20 returns on 4.x);
 4. one user per component, with the least permissions it needs;
-5. guest loses its permissions on the virtual host (or is deleted with --guest delete).
+5. guest can do nothing any more: it loses its tags (administrator on a fresh broker) and its
+   permissions on every virtual host (or is deleted with --guest delete). When guest is the very
+   administrator running the provisioning, it only loses its rights on the fifoq virtual host
+   (demoting it would lock the run out) and a warning says so.
 
 Why the clients do not declare (they run with FIFOQ_DECLARE=0): RabbitMQ checks, for every
 AMQP 0-9-1 method, one of three rights, each a regular expression over resource names:
@@ -29,11 +32,14 @@ here keeps the backend at "write on <prefix>.messages" and nothing else.
     user                      tags        configure  write                read
     <prefix>-backend          (none)      ^$         ^<prefix>\\.messages$  ^$
     <prefix>-connector-<a>    (none)      ^$         ^$                   ^<prefix>\\.actor\\.<a>(\\.lane[0-9]+)?$
-    <prefix>-console          monitoring  ^$         ^$                   ^$
+    <prefix>-console          monitoring  ^$         ^<prefix>\\.messages$  ^$
 
-The console only reads the management API (overview, nodes, the vhost's queues): `monitoring` is
-the smallest tag that may read /api/nodes (`management` gets 401 there), and an empty permission
-entry on the vhost is what lets it list the vhost's queues without any AMQP right.
+The console reads the management API (overview, nodes, the vhost's queues): `monitoring` is the
+smallest tag that may read /api/nodes (`management` gets 401 there), and its permission entry on
+the vhost is what lets it list the vhost's queues. Its one AMQP right, write on
+`<prefix>.messages`, is for the replay and release instructions of actors with ordering keys
+(backend.operations.Operations._wake_key publishes them into the message's lane; without the right
+they would wait for the relay, and every such replay would log an access refusal).
 """
 from __future__ import annotations
 
@@ -98,8 +104,11 @@ class ProvisionResult:
     vhost: str
     grants: list[Grant]
     # Passwords set by this run (generated, rotated or taken from the environment); the others
-    # were kept. Shown once by the command line, never logged.
+    # were kept. Generated ones are shown once by the command line, never logged.
     passwords: dict[str, str] = field(default_factory=dict)
+    # Users whose password came from PROVISION_*_PASSWORD: the operator has it already, so the
+    # report does not print it (it would end up in a container's log under docker compose).
+    from_env: set[str] = field(default_factory=set)
     queues: list[str] = field(default_factory=list)
     guest: str = "restrict"
 
@@ -114,7 +123,9 @@ def grants(settings: Settings, actors: Iterable[ActorPlan]) -> list[Grant]:
     out = [
         Grant(f"{p}-backend", "backend", "", NOTHING, _anchored(settings.exchange), NOTHING,
               "PROVISION_BACKEND_PASSWORD"),
-        Grant(f"{p}-console", "console", CONSOLE_TAGS, NOTHING, NOTHING, NOTHING, "PROVISION_CONSOLE_PASSWORD"),
+        # write: the console's Publisher sends ordering-key replay/release instructions (_wake_key)
+        Grant(f"{p}-console", "console", CONSOLE_TAGS, NOTHING, _anchored(settings.exchange), NOTHING,
+              "PROVISION_CONSOLE_PASSWORD"),
     ]
     for actor in actors:
         queue = re.escape(settings.queue_name(actor.name))
@@ -133,6 +144,7 @@ def provision(
     env: Mapping[str, str] | None = None,
     rotate: Iterable[str] = (),
     guest: str = "restrict",
+    guest_user: str = "guest",
 ) -> ProvisionResult:
     """Create or update everything; safe to run again (passwords are kept unless rotated).
 
@@ -143,7 +155,10 @@ def provision(
         vhost: the virtual host (created when missing).
         env: where PROVISION_*_PASSWORD are read from (os.environ when None).
         rotate: user names (or "all") whose password is replaced by a generated one.
-        guest: "restrict" (remove guest's permissions on the vhost), "delete" (the guest user) or "keep".
+        guest: "restrict" (guest loses its tags and its permissions on every vhost, so it can do
+            nothing; only those on `vhost` when guest itself runs the provisioning), "delete"
+            (the guest user) or "keep".
+        guest_user: the name of that default account ("guest"; tests use a throw-away user).
     Raises:
         BrokerAPIUnavailable, BrokerAPIRefused, ValidationError.
     """
@@ -156,8 +171,8 @@ def provision(
         raise ValidationError("an actor is listed twice")
     rotate = set(rotate)
     me = str(api.whoami().get("name", ""))
-    if guest == "delete" and me == "guest":
-        raise ValidationError("--guest delete: run provisioning as another administrator than guest")
+    if guest == "delete" and me == guest_user:
+        raise ValidationError(f"--guest delete: run provisioning as another administrator than {guest_user}")
 
     api.put_vhost(vhost, "fifoq actor queues")
     # The management API declares queues over an internal AMQP connection as the calling user:
@@ -170,19 +185,49 @@ def provision(
             password = _password(api, grant, env, rotate)
             if password is not None:
                 result.passwords[grant.user] = password
+                if env.get(grant.password_env, ""):
+                    result.from_env.add(grant.user)
             api.put_permissions(vhost, grant.user, grant.configure, grant.write, grant.read)
             log.info("broker user %s (%s) provisioned on vhost %s", grant.user, grant.component, vhost)
     finally:
         # Nobody keeps more than the listed rights on this vhost, the provisioning admin included
         # (an administrator can still manage the vhost through the management API).
-        if me != "guest" or guest != "keep":
+        if me != guest_user or guest != "keep":
             api.delete_permissions(vhost, me)
     if guest == "restrict":
-        api.delete_permissions(vhost, "guest")
+        _restrict_guest(api, guest_user, vhost, me)
     elif guest == "delete":
-        api.delete_user("guest")
-        log.warning("deleted the broker user guest")
+        api.delete_user(guest_user)
+        log.warning("deleted the broker user %s", guest_user)
     return result
+
+
+def _restrict_guest(api: RabbitAdminAPI, user: str, vhost: str, me: str) -> None:
+    """Leave the default account able to do nothing: no tag (no management API), no permission on
+    any virtual host (no AMQP connection). Its password hash is sent back unchanged: the account is
+    not re-created, and an operator may give it rights again without resetting its password."""
+    api.delete_permissions(vhost, user)
+    if me == user:
+        log.warning("broker user %s runs this provisioning: it keeps its tags and its rights on other "
+                    "virtual hosts (provision as another administrator, or use --guest delete)", user)
+        return
+    existing = api.user(user)
+    if existing is None:
+        return  # never create it (the Docker image has no guest when RABBITMQ_DEFAULT_USER is set)
+    if _tags(existing):
+        api.put_user(user, "", password_hash=existing.get("password_hash", ""),
+                     hashing_algorithm=existing.get("hashing_algorithm"))
+    for perm in api.user_permissions(user):
+        api.delete_permissions(str(perm["vhost"]), user)
+    log.warning("broker user %s restricted: no tags, no permissions", user)
+
+
+def _tags(user: Mapping[str, Any]) -> list[str]:
+    """A user's tags: a list on 3.9+, a comma-separated string on older brokers."""
+    tags = user.get("tags") or []
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",") if t.strip()]
+    return list(tags)
 
 
 def _declare_topology(api: RabbitAdminAPI, settings: Settings, vhost: str, plans: list[ActorPlan],
@@ -241,12 +286,14 @@ def report(result: ProvisionResult, settings: Settings) -> list[str]:
         if password is None:
             lines.append("#   password unchanged (use --rotate USER to replace it)")
             continue
+        if grant.user in result.from_env:
+            lines.append(f"#   password set from {grant.password_env} (not shown)")
+            continue
         if grant.component == "console":
             lines.append(f"RABBITMQ_API_USER={grant.user}")
             lines.append(f"RABBITMQ_API_PASSWORD={password}")
-        else:
-            lines.append(f"AMQP_URL={amqp_url_for(settings, grant.user, password, result.vhost)}")
-            lines.append("FIFOQ_DECLARE=0")
+        lines.append(f"AMQP_URL={amqp_url_for(settings, grant.user, password, result.vhost)}")
+        lines.append("FIFOQ_DECLARE=0")
     return lines
 
 

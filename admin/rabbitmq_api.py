@@ -357,6 +357,10 @@ class RabbitAdminAPI(RabbitAPI):
     def permissions(self, vhost: str) -> list[dict[str, Any]]:
         return self._send("GET", f"vhosts/{self._q(vhost)}/permissions", missing_ok=True) or []
 
+    def user_permissions(self, name: str) -> list[dict[str, Any]]:
+        """The user's permission entries on every virtual host ([] for an unknown user)."""
+        return self._send("GET", f"users/{self._q(name)}/permissions", missing_ok=True) or []
+
     def put_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
         """Regular expressions (matched against resource names) for the three AMQP 0-9-1 rights."""
         self._send("PUT", f"permissions/{self._q(vhost)}/{self._q(user)}",

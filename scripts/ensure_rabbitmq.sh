@@ -3,7 +3,8 @@
 # Idempotent; safe under CI (no stdin). Reads:
 #   AMQP_URL           default amqp://guest:guest@127.0.0.1:5672/%2F (first of a comma-separated list)
 #   RABBITMQ_API_URL   default http://127.0.0.1:15672
-#   RABBITMQ_API_USER / RABBITMQ_API_PASSWORD   default: the AMQP_URL credentials, else guest/guest
+#   RABBITMQ_API_USER / RABBITMQ_API_PASSWORD   default guest / guest, as in backend/settings.py
+#                      (the console and the tests use the same defaults)
 # On a local broker it may, as root or through passwordless sudo: install rabbitmq-server with
 # apt-get, start it, and enable rabbitmq_management and rabbitmq_prometheus.
 set -euo pipefail
@@ -18,16 +19,18 @@ fail() { echo "broker: $*" >&2; exit 1; }
 
 command -v python3 >/dev/null || fail "python3 is required (apt-get install python3)"
 
-# host, port, user, password of the first AMQP URL
-read -r AMQP_HOST AMQP_PORT AMQP_USER AMQP_PASS < <(python3 - "$AMQP_URL" <<'EOF'
+# host and port of the first AMQP URL
+read -r AMQP_HOST AMQP_PORT < <(python3 - "$AMQP_URL" <<'EOF'
 import sys, urllib.parse as u
 p = u.urlsplit(sys.argv[1].split(",")[0].strip())
 port = p.port or (5671 if p.scheme == "amqps" else 5672)
-print(p.hostname or "127.0.0.1", port, u.unquote(p.username or "guest"), u.unquote(p.password or "guest"))
+print(p.hostname or "127.0.0.1", port)
 EOF
 )
-API_USER=${RABBITMQ_API_USER:-$AMQP_USER}
-API_PASS=${RABBITMQ_API_PASSWORD:-$AMQP_PASS}
+# The same defaults as backend/settings.py (Settings.api_user / api_password), not the AMQP_URL
+# credentials: what this script checks is what the console and the tests will use.
+API_USER=${RABBITMQ_API_USER:-guest}
+API_PASS=${RABBITMQ_API_PASSWORD:-guest}
 
 case "$AMQP_HOST" in
   127.*|localhost|::1|"$(hostname -s)"|"$(hostname)") LOCAL=1 ;;

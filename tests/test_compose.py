@@ -12,23 +12,39 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
+from admin.provision import ActorPlan, grants
+from backend.settings import Settings
+from connectors.examples import registry as example_registry
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+# One connector service per actor of connectors.examples, each with its own broker user.
+CONNECTOR_ACTORS = tuple(example_registry.actors)
+CONNECTOR_SERVICES = {f"connector-{actor}": actor for actor in CONNECTOR_ACTORS}
 APP_SERVICES = {
     "admin": ["python", "-m", "admin", "serve"],
-    # every actor of connectors.examples, metrics for the compose network's Prometheus
-    "connectors": ["python", "-m", "connectors", "run", "--metrics-port", "9100", "--metrics-addr", "0.0.0.0"],
+    # metrics for the compose network's Prometheus
+    **{name: ["python", "-m", "connectors", "run", actor, "--metrics-port", "9100", "--metrics-addr", "0.0.0.0"]
+       for name, actor in CONNECTOR_SERVICES.items()},
     "backend-demo": ["python", "-m", "demo", "emit"],
 }
-APP_ENV = ["AMQP_URL", "RABBITMQ_API_URL", "RABBITMQ_API_USER", "RABBITMQ_API_PASSWORD",
-           "MONGODB_URL", "MONGODB_DB", "FIFOQ_PREFIX", "FIFOQ_QUEUE_TYPE", "ADMIN_SECRET_KEY",
-           "ADMIN_ENV"]
+APP_ENV = ["AMQP_URL", "MONGODB_URL", "MONGODB_DB", "FIFOQ_PREFIX", "FIFOQ_QUEUE_TYPE", "FIFOQ_DECLARE"]
+# The settings that change behaviour in production: every process gets them as ${VAR:-default}.
+PRODUCTION_ENV = ["FIFOQ_CONFIRM_TIMEOUT", "FIFOQ_PREFETCH", "FIFOQ_MAX_PAYLOAD_BYTES", "FIFOQ_DELIVERY_LIMIT",
+                  "FIFOQ_TRANSIENT_RETRIES", "FIFOQ_TRANSIENT_BACKOFF", "FIFOQ_POLL_INTERVAL", "FIFOQ_GAP_GRACE",
+                  "FIFOQ_RELAY_MIN_AGE", "FIFOQ_LANES", "FIFOQ_CLAIM_LEASE_SECONDS", "LOG_LEVEL"]
+ADMIN_PRODUCTION_ENV = ["ADMIN_SESSION_MINUTES", "ADMIN_ALERT_BLOCKED_MINUTES", "ADMIN_ALERT_QUEUE_DEPTH",
+                        "ADMIN_ALERT_NO_CONSUMER", "ADMIN_METRICS_PUBLIC", "ADMIN_LOGIN_MAX_FAILURES",
+                        "ADMIN_LOGIN_WINDOW_SECONDS"]
+BROKER_PASSWORDS = {g.password_env: g for g in grants(Settings(), [ActorPlan(a) for a in CONNECTOR_ACTORS])}
 SECRETS = {"RABBITMQ_PASSWORD": "test-password", "RABBITMQ_ERLANG_COOKIE": "test-cookie",
-           "ADMIN_SECRET_KEY": "test-secret"}
+           "ADMIN_SECRET_KEY": "test-secret",
+           **{name: f"pw-{grant.user}" for name, grant in BROKER_PASSWORDS.items()}}
 
 
 def _in_ci() -> bool:
@@ -80,7 +96,8 @@ def test_compose_file_is_valid(validator, tmp_path):
     services = _config(validator, tmp_path, SECRETS, "--services")
     assert services.returncode == 0, services.stderr
     assert set(services.stdout.split()) >= {"rabbitmq1", "rabbitmq2", "rabbitmq3", "mongo1",
-                                            "mongo2", "mongo3", "mongo-init", "prometheus", *APP_SERVICES}
+                                            "mongo2", "mongo3", "mongo-init", "provision", "prometheus",
+                                            *APP_SERVICES}
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
@@ -135,6 +152,8 @@ def test_three_member_mongo_replica_set(compose):
 
 def test_app_services(compose):
     services = compose["services"]
+    assert {n for n in services if n.startswith("connector")} == set(CONNECTOR_SERVICES), \
+        "one connector service per actor of connectors.examples"
     for name, command in APP_SERVICES.items():
         svc = services[name]
         assert svc["command"] == command
@@ -142,23 +161,126 @@ def test_app_services(compose):
         env = svc["environment"]
         for key in APP_ENV:
             assert key in env, f"{name} lacks {key}"
-        assert env["ADMIN_ENV"] == "production"
-        assert env["ADMIN_SECRET_KEY"].startswith("${ADMIN_SECRET_KEY:?")
         assert len(env["AMQP_URL"].split(",")) == 3
         assert "replicaSet=rs0" in env["MONGODB_URL"] and "w=majority" in env["MONGODB_URL"]
         for host in ("mongo1", "mongo2", "mongo3"):
             assert host in env["MONGODB_URL"]
         assert env["FIFOQ_QUEUE_TYPE"] == "quorum"
+        assert str(env["FIFOQ_DECLARE"]) == "0", "the provision service declares the topology"
         deps = svc["depends_on"]
         assert deps["mongo-init"]["condition"] == "service_completed_successfully"
-        for node in ("rabbitmq1", "rabbitmq2", "rabbitmq3"):
-            assert deps[node]["condition"] == "service_healthy"
+        assert deps["provision"]["condition"] == "service_completed_successfully"
+        # the console's secret key and the broker administrator stay with those who need them
+        assert ("ADMIN_SECRET_KEY" in env) == (name == "admin")
+        assert "RABBITMQ_PASSWORD" not in " ".join(str(v) for v in env.values()), name
+    admin_env = services["admin"]["environment"]
+    assert admin_env["ADMIN_ENV"] == "production"
+    assert admin_env["ADMIN_SECRET_KEY"].startswith("${ADMIN_SECRET_KEY:?")
+    # provision runs once the 3 nodes answer
+    for node in ("rabbitmq1", "rabbitmq2", "rabbitmq3"):
+        assert services["provision"]["depends_on"][node]["condition"] == "service_healthy"
+
+
+_VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::([-?])([^}]*))?\}")
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """What Compose makes of ${VAR}, ${VAR:-default} and ${VAR:?message} (enough for this file)."""
+    def one(m: re.Match) -> str:
+        name, op, arg = m.groups()
+        if env.get(name):
+            return env[name]
+        assert op != "?", f"{name} is required"
+        return arg if op == "-" else ""
+    return _VAR.sub(one, value)
+
+
+def _broker_identity(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url)
+    return unquote(parts.username or ""), unquote(parts.password or ""), unquote(parts.path[1:])
+
+
+def test_each_service_has_its_own_least_privilege_broker_user_on_the_fifoq_vhost(compose):
+    """The users and password variables are exactly those `python -m admin provision` creates
+    (admin.provision.grants); each service sees its own password and no other."""
+    services = compose["services"]
+    expected_user = {"admin": "fifoq-console", "backend-demo": "fifoq-backend",
+                     **{name: f"fifoq-connector-{actor}" for name, actor in CONNECTOR_SERVICES.items()}}
+    by_user = {g.user: g for g in BROKER_PASSWORDS.values()}
+    assert set(expected_user.values()) == set(by_user), "every provisioned user is used, by one service"
+    for name, user in expected_user.items():
+        env = services[name]["environment"]
+        identities = {_broker_identity(u) for u in _interpolate(env["AMQP_URL"], SECRETS).split(",")}
+        assert identities == {(user, SECRETS[by_user[user].password_env], "fifoq")}, name
+        others = set(BROKER_PASSWORDS) - {by_user[user].password_env}
+        raw = " ".join(str(v) for v in env.values())
+        assert not any(other in raw for other in others), f"{name} sees another component's password"
+    admin_env = services["admin"]["environment"]
+    assert _interpolate(admin_env["RABBITMQ_API_USER"], SECRETS) == "fifoq-console"
+    assert _interpolate(admin_env["RABBITMQ_API_PASSWORD"], SECRETS) == SECRETS["PROVISION_CONSOLE_PASSWORD"]
+
+
+def test_provision_service_creates_those_users_and_restricts_guest(compose):
+    svc = compose["services"]["provision"]
+    assert svc["restart"] == "no"
+    command = svc["command"]
+    assert command[:4] == ["python", "-m", "admin", "provision"]
+    assert _option(command, "--guest") == "restrict"
+    actors = [arg.partition(":")[0] for arg in command[4:] if not arg.startswith("-") and arg != "restrict"]
+    assert sorted(actors) == sorted(CONNECTOR_ACTORS)
+    env = svc["environment"]
+    assert _interpolate(env["RABBITMQ_API_USER"], SECRETS) == "fifoq"  # the cluster's administrator
+    assert _interpolate(env["RABBITMQ_API_PASSWORD"], SECRETS) == SECRETS["RABBITMQ_PASSWORD"]
+    assert _interpolate(env["FIFOQ_VHOST"], SECRETS) == "fifoq"
+    for password_env in BROKER_PASSWORDS:
+        assert env[password_env].startswith(f"${{{password_env}:?"), password_env
+    # the same queue settings as the clients, so that their passive checks find what it declared
+    app_env = compose["x-app-env"]
+    for key in ("FIFOQ_PREFIX", "FIFOQ_QUEUE_TYPE", "FIFOQ_DELIVERY_LIMIT", "FIFOQ_LANES"):
+        assert env[key] == app_env[key]
+
+
+def test_production_settings_are_passed_through_with_the_documented_defaults(compose):
+    example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    services = compose["services"]
+    checks = [(name, key) for name in APP_SERVICES for key in PRODUCTION_ENV]
+    checks += [("admin", key) for key in ADMIN_PRODUCTION_ENV]
+    for name, key in checks:
+        value = str(services[name]["environment"].get(key, ""))
+        m = re.fullmatch(r"\$\{" + key + r":-([^}]*)\}", value)
+        assert m, f"{name}: {key} should be ${{{key}:-default}}, not {value!r}"
+        assert m.group(1) == example[key], f"{key}: default {m.group(1)!r} in compose, {example[key]!r} in .env.example"
+
+
+def test_long_running_services_have_real_healthchecks(compose):
+    services = compose["services"]
+    for name in [*APP_SERVICES, "prometheus"]:
+        check = services[name].get("healthcheck")
+        assert check and check["test"][0] == "CMD", f"{name} has no healthcheck"
+    for name in CONNECTOR_SERVICES:
+        port = _option(services[name]["command"], "--metrics-port")
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/metrics" in test and "fifoq_connector_consuming" in test
+    assert "created_at" in " ".join(services["backend-demo"]["healthcheck"]["test"])
+    assert "/-/healthy" in " ".join(services["prometheus"]["healthcheck"]["test"])
+
+
+def test_readme_names_every_published_port(compose):
+    published = set()
+    for svc in compose["services"].values():
+        for port in svc.get("ports", []):
+            host_ip, host_port, _ = _interpolate(str(port), {}).split(":")
+            assert host_ip == "127.0.0.1", port
+            published.add(host_port)
+    section = (ROOT / "README.md").read_text().split("## Docker Compose", 1)[1].split("\n## ", 1)[0]
+    for port in published:
+        assert re.search(rf"\b{port}\b", section), f"README's Docker Compose section does not mention port {port}"
 
 
 def test_env_example_lists_every_app_variable(compose):
     example = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
-    used = set(compose["services"]["admin"]["environment"])
+    used = {key for name in (*APP_SERVICES, "provision") for key in compose["services"][name]["environment"]}
     assert used - listed == set()
     # every ${VAR} the compose file interpolates is documented too
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
@@ -192,14 +314,17 @@ def test_prometheus_scrapes_rabbitmq_console_and_connectors(compose):
     admin_env = services["admin"]["environment"]
     assert targets(jobs["fifoq-console"]) == {f"admin:{admin_env['ADMIN_PORT']}"}
     assert admin_env["ADMIN_HOST"] == "0.0.0.0"
-    assert str(admin_env.get("ADMIN_METRICS_PUBLIC", "0")) in ("0", "")
+    assert _interpolate(str(admin_env.get("ADMIN_METRICS_PUBLIC", "0")), {}) in ("0", ""), "metrics behind login by default"
     auth = jobs["fifoq-console"]["authorization"]
     assert auth.get("type", "Bearer") == "Bearer" and auth["credentials_file"].startswith(secrets_dir + "/")
     ignored = (ROOT / "docker/prometheus/secrets/.gitignore").read_text().split()
     assert "*" in ignored, "the token must never be committed"
-    # The connectors serve their metrics on the compose network
-    connectors = services["connectors"]["command"]
-    assert _option(connectors, "--metrics-addr") == "0.0.0.0"
-    assert targets(jobs["fifoq-connectors"]) == {f"connectors:{_option(connectors, '--metrics-port')}"}
+    # Every connector serves its metrics on the compose network
+    wanted = set()
+    for name in CONNECTOR_SERVICES:
+        command = services[name]["command"]
+        assert _option(command, "--metrics-addr") == "0.0.0.0"
+        wanted.add(f"{name}:{_option(command, '--metrics-port')}")
+    assert targets(jobs["fifoq-connectors"]) == wanted
     deps = prom["depends_on"]
-    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", "connectors"} <= set(deps)
+    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", *CONNECTOR_SERVICES} <= set(deps)

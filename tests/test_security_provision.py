@@ -17,9 +17,10 @@ from admin import cli
 from admin.provision import ActorPlan, amqp_url_for, provision
 from admin.rabbitmq_api import RabbitAdminAPI, RabbitAPI
 from backend.app import Backend, open_ledger
-from backend.broker import ActorConsumer, BrokerRefused, Publisher
+from backend.broker import ActorConsumer, BrokerRefused, Publisher, connect
+from backend.errors import BrokerUnavailable
 from backend.settings import Settings
-from backend.values import QueueType
+from backend.values import Envelope, QueueType
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.conftest import API_AUTH, API_URL
@@ -85,7 +86,7 @@ def test_security_provision_creates_least_privilege_users_and_is_idempotent(prov
     first = _permissions(provisioned.vhost)
     assert first == {
         f"{p}-backend": ("^$", rf"^{p}\.messages$", "^$"),
-        f"{p}-console": ("^$", "^$", "^$"),
+        f"{p}-console": ("^$", rf"^{p}\.messages$", "^$"),  # write: ordering-key instructions
         f"{p}-connector-payment": ("^$", "^$", rf"^{p}\.actor\.payment(\.lane[0-9]+)?$"),
         f"{p}-connector-shipping": ("^$", "^$", rf"^{p}\.actor\.shipping(\.lane[0-9]+)?$"),
     }
@@ -203,11 +204,13 @@ def test_security_console_monitoring_user_reads_the_vhost_and_nothing_more(provi
     vh = requests.utils.quote(provisioned.vhost, safe="")
     q = requests.utils.quote(f"{s.prefix}.actor.payment", safe="")
     auth = (user, password)
-    # Reading messages, publishing, deleting or creating: all refused.
+    # Reading messages, publishing anywhere but <prefix>.messages, deleting or creating: all refused.
     attempts = [
         requests.post(f"{API_URL}/api/queues/{vh}/{q}/get", auth=auth, timeout=10,
                       json={"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
-        requests.post(f"{API_URL}/api/exchanges/{vh}/{s.exchange}/publish", auth=auth, timeout=10,
+        requests.post(f"{API_URL}/api/exchanges/{vh}/{s.dead_letter_exchange}/publish", auth=auth, timeout=10,
+                      json={"properties": {}, "routing_key": "", "payload": "x", "payload_encoding": "string"}),
+        requests.post(f"{API_URL}/api/exchanges/{vh}/amq.default/publish", auth=auth, timeout=10,
                       json={"properties": {}, "routing_key": f"{s.prefix}.actor.payment", "payload": "x",
                             "payload_encoding": "string"}),
         requests.delete(f"{API_URL}/api/queues/{vh}/{q}", auth=auth, timeout=10),
@@ -216,10 +219,84 @@ def test_security_console_monitoring_user_reads_the_vhost_and_nothing_more(provi
         requests.put(f"{API_URL}/api/permissions/{vh}/{user}", auth=auth, timeout=10,
                      json={"configure": ".*", "write": ".*", "read": ".*"}),
     ]
-    # 401, or for the publish a 400 that carries the broker's own 403 ACCESS_REFUSED.
+    # 401, or for a publish a 400 that carries the broker's own 403 ACCESS_REFUSED.
     refused = [r.status_code == 401 or (r.status_code == 400 and "403 ACCESS_REFUSED" in r.text) for r in attempts]
     assert all(refused), [(r.status_code, r.text[:200]) for r in attempts]
     assert admin_api().user(f"{s.prefix}-evil") is None
+
+
+def test_security_console_user_publishes_ordering_key_instructions_and_consumes_nothing(
+        provisioned: Provisioned) -> None:
+    """The console's Operations publish replay/release instructions into a keyed actor's lane
+    (backend.operations.Operations._wake_key): write on <prefix>.messages, no read anywhere."""
+    console = provisioned.as_user("console", "PROVISION_CONSOLE_PASSWORD")
+    pub = Publisher(console)
+    try:
+        env = Envelope("ctl-" + uuid.uuid4().hex, "shipping", 1, "fifoq.control", 1)
+        assert pub.publish([env], {"shipping": console.queue_type}) == {env.id}
+    finally:
+        pub.close()
+    with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"):
+        with ActorConsumerOpen(console, "shipping", lane=1):
+            pass
+
+
+@pytest.fixture
+def fake_guest(settings: Settings, vhost: str) -> Iterator[str]:
+    """A stand-in for guest (the shared broker's real guest runs the other tests): an
+    administrator with every right on / and on the test vhost, as guest has on a fresh broker."""
+    name = f"{settings.prefix}-guest"
+    api = admin_api()
+    api.put_vhost(vhost)
+    api.put_user(name, "administrator", password="guest-" + uuid.uuid4().hex)
+    api.put_permissions("/", name, ".*", ".*", ".*")
+    api.put_permissions(vhost, name, ".*", ".*", ".*")
+    yield name
+    api.delete_user(name)  # the vhost and the other users go with the `vhost` fixture
+
+
+def test_security_guest_restrict_leaves_guest_able_to_do_nothing(settings: Settings, vhost: str,
+                                                                   fake_guest: str) -> None:
+    """Given a guest that is an administrator with rights on two vhosts, when provisioning runs
+    with --guest restrict, then guest has no tag and no permission anywhere, keeps its password
+    hash (it is not re-created with another one), and can neither use the management API nor
+    open an AMQP connection."""
+    api = admin_api()
+    password = "guest-" + uuid.uuid4().hex
+    api.put_user(fake_guest, "administrator", password=password)
+    before = api.user(fake_guest)
+    provision(api, settings, [ActorPlan("payment", 1, settings.queue_type)], vhost=vhost, env=PASSWORDS,
+              guest="restrict", guest_user=fake_guest)
+    after = api.user(fake_guest)
+    assert after is not None and after["tags"] in ([], "")
+    assert after["password_hash"] == before["password_hash"]
+    assert api.user_permissions(fake_guest) == []
+    assert requests.get(f"{API_URL}/api/overview", auth=(fake_guest, password), timeout=10).status_code == 401
+    for vh in ("/", vhost):
+        as_guest = settings.with_(amqp_urls=(amqp_url_for(settings, fake_guest, password, vh),), declare=False)
+        with pytest.raises(BrokerUnavailable, match="access to vhost .* refused"):
+            connect(as_guest, "fake-guest").close()
+    # Idempotent: a second run finds nothing left to take away.
+    provision(api, settings, [ActorPlan("payment", 1, settings.queue_type)], vhost=vhost, env=PASSWORDS,
+              guest="restrict", guest_user=fake_guest)
+    assert api.user_permissions(fake_guest) == [] and api.user(fake_guest)["tags"] in ([], "")
+
+
+def test_security_guest_restrict_never_demotes_the_provisioning_administrator(settings: Settings,
+                                                                                vhost: str) -> None:
+    """When guest itself runs the provisioning (a development broker), restrict takes away its
+    rights on the provisioned vhost only: demoting it would lock the run out."""
+    api = admin_api()
+    me = str(api.whoami()["name"])
+    provision(api, settings, [ActorPlan("payment", 1, settings.queue_type)], vhost=vhost, env=PASSWORDS,
+              guest="restrict", guest_user=me)
+    assert me not in _permissions(vhost)
+    assert "administrator" in str(api.user(me)["tags"])
+    assert any(p["vhost"] == "/" for p in api.user_permissions(me))
+    # guest is also never created where it does not exist
+    provision(api, settings, [ActorPlan("payment", 1, settings.queue_type)], vhost=vhost, env=PASSWORDS,
+              guest="restrict", guest_user=f"{settings.prefix}-absent")
+    assert api.user(f"{settings.prefix}-absent") is None
 
 
 def test_security_management_tag_is_not_enough_for_the_console(provisioned: Provisioned) -> None:
@@ -260,16 +337,34 @@ def test_security_cli_provision_prints_passwords_once_and_never_logs_them(settin
     assert cli.main(["provision", "payment"]) == 0
     out = capsys.readouterr().out
     first = [line for line in out.splitlines() if line.startswith(("AMQP_URL=", "RABBITMQ_API_PASSWORD="))]
-    assert len(first) == 3, out  # backend, console, connector
+    assert len(first) == 4, out  # backend, console (API and AMQP), connector
     secrets_shown = [line.split(":", 2)[2].split("@")[0] if line.startswith("AMQP_URL") else line.split("=", 1)[1]
                      for line in first]
     assert all(len(s) >= 24 for s in secrets_shown)
+    assert len(set(secrets_shown)) == 3  # one password per user
     assert cli.main(["provision", "payment"]) == 0
     again = capsys.readouterr().out
     assert "AMQP_URL=" not in again and "password unchanged" in again
     for secret in secrets_shown:
         assert secret not in caplog.text
         assert secret not in again
+
+
+def test_security_cli_provision_does_not_print_passwords_taken_from_the_environment(
+        settings: Settings, vhost: str, monkeypatch, capsys) -> None:
+    """Under docker compose the passwords come from PROVISION_*_PASSWORD and stdout is the
+    container's log: the report names the variable instead of echoing the secret."""
+    monkeypatch.setenv("FIFOQ_PREFIX", settings.prefix)
+    monkeypatch.setenv("RABBITMQ_API_URL", API_URL)
+    monkeypatch.setenv("FIFOQ_VHOST", vhost)
+    for key, value in PASSWORDS.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["provision", "payment:1"]) == 0
+    out = capsys.readouterr().out
+    assert "AMQP_URL=" not in out and "RABBITMQ_API_PASSWORD=" not in out
+    assert "password set from PROVISION_BACKEND_PASSWORD" in out
+    for secret in PASSWORDS.values():
+        assert secret not in out
 
 
 def test_security_cli_provision_refuses_bad_actor_names(monkeypatch, capsys) -> None:

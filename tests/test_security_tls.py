@@ -189,8 +189,9 @@ def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
         pytest.skip(msg)
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "RABBITMQ_PASSWORD": "p", "RABBITMQ_ERLANG_COOKIE": "c",
-           "ADMIN_SECRET_KEY": "s" * 40, "HOME": str(tmp_path)}
+    from tests.test_compose import SECRETS
+
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **SECRETS, "HOME": str(tmp_path)}
     out = subprocess.run([*cmd, "--env-file", str(empty), "-f", "docker-compose.yml", "-f", "docker-compose.tls.yml",
                           "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -198,7 +199,9 @@ def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
     for node in ("rabbitmq1", "rabbitmq2", "rabbitmq3"):
         mounts = " ".join(str(v) for v in services[node]["volumes"])
         assert "/etc/rabbitmq/conf.d/90-tls.conf" in mounts and "/etc/rabbitmq/tls/server.key" in mounts
-    for app in ("admin", "connectors", "backend-demo"):
+    from tests.test_compose import APP_SERVICES
+
+    for app in (*APP_SERVICES, "provision"):
         env_ = services[app]["environment"]
         assert all(u.startswith("amqps://") for u in env_["AMQP_URL"].split(","))
         assert env_["AMQP_CA_FILE"] == "/certs/ca.pem" and env_["RABBITMQ_API_URL"].startswith("https://")
