@@ -2,12 +2,24 @@
 
 Scans README.md and docs/*.md (new pages are picked up automatically):
 
-- shell commands in fenced code blocks that invoke the project's command lines
-  (`python -m backend|connectors|admin|demo|bench ...`) are parsed by that command's own argparse
-  parser (the real one, caught at `parse_args`), so an unknown subcommand, an unknown option or a
-  missing required argument fails; each subcommand's `--help` is also run as a process;
+- shell commands, in fenced code blocks and inline in the prose (a backquoted span such as
+  `python -m backend status`), that invoke the project's command lines
+  (`python -m backend|connectors|admin|demo|bench ...`, also as `.venv/bin/python -m ...`) are
+  parsed by that command's own argparse parser (the real one, caught at `parse_args`), so an
+  unknown subcommand, an unknown option or a missing required argument fails, and bench's
+  benchmark names must be real; each subcommand's `--help` is also run as a process. Inline spans
+  may use usage notation: `[optional parts]` and `...` are dropped before parsing. A span that
+  names a subcommand without `python -m` (`bench queues`) fails: it would not run as written;
+- every `BENCH_ARGS=...` value shown (docs and the Makefile's help) is accepted by bench's parser;
+- `python -m OTHER` (pytest...) must name an importable module, `.venv/bin/NAME` an installed
+  program, and the files and `file::test` ids given to pytest must exist;
 - `make TARGET` must be a target of the Makefile (`make -n TARGET`);
-- `scripts/NAME.sh WORD` must be an executable script, with a `WORD)` case when it dispatches on `$1`;
+- `docker compose SUBCOMMAND ... SERVICE` must use a real subcommand and a service of the compose
+  files (`docker-compose*.yml`);
+- `scripts/NAME.sh WORD` (also `bash scripts/...`) must be an executable script, with a `WORD)`
+  case when it dispatches on `$1`;
+- every token that looks like a commit hash (7-12 or 40 hex digits, or any hex run right after
+  the word "commit") is a commit of this repository (`git cat-file -e HASH^{commit}`);
 - relative markdown links must point to an existing file, and `#anchors` to a heading of it;
 - test names cited (`test_...`) must be defined in tests/, cited test files must exist, and
   backquoted repository paths (`backend/emit.py`) must exist;
@@ -45,6 +57,15 @@ CLI_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+(" + "|".join(CLIS) + r")\
 MAKE_RE = re.compile(r"(?:^|[\s;&|(`])make\s+(.*)$")
 SCRIPT_RE = re.compile(r"(?:^|[\s;&|(`])(scripts/[\w.-]+\.sh)\b(.*)$")
 FENCE_RE = re.compile(r"^(\s*)```(.*)$")
+INLINE_RE = re.compile(r"(`+)(.+?)\1", re.S)  # a backquoted span of the prose
+PYMOD_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+([A-Za-z_][\w.]*)(.*)$")
+VENV_BIN_RE = re.compile(r"(?:^|[\s;&|(`])\.venv/bin/([\w.+-]+)")
+BARE_CLI_RE = re.compile(r"^(" + "|".join(CLIS) + r")\s+([\w-]+)")
+BENCH_ARGS_RE = re.compile(r"\bBENCH_ARGS=(\"[^\"]*\"|'[^']*'|[^\s`\"';)]+)")
+# a commit hash as people write one: an abbreviation (7-12) or a full hash (40), or any hex run
+# right after the word "commit"; pure digits (1000000) are numbers, not hashes
+HASH_RE = re.compile(r"(?<![\w/.#-])([0-9a-f]{7,40})(?![\w/-])")
+AFTER_COMMIT_RE = re.compile(r"\bcommits?\W{1,3}$", re.I)
 LINK_RE = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 TEST_NAME_RE = re.compile(r"\b(test_[A-Za-z0-9_]+)\b(?!\.py)")
 TEST_FILE_RE = re.compile(r"\b(?:tests/)?(test_[A-Za-z0-9_]+)\.py\b")
@@ -107,6 +128,33 @@ def prose(path: Path) -> str:
     return "\n".join(keep)
 
 
+def inline_lines(path: Path) -> list[Line]:
+    """Backquoted spans of the prose (outside fenced blocks), each as a one-line command with
+    usage notation removed: `[optional parts]` and `...` (so `python -m connectors run [ACTOR ...]`
+    is checked as `python -m connectors run`)."""
+    text = path.read_text(encoding="utf-8").splitlines()
+    blanked, in_block = [], False
+    for raw in text:  # fenced lines blanked, so that offsets keep their line numbers
+        if FENCE_RE.match(raw):
+            in_block = not in_block
+            blanked.append("")
+            continue
+        blanked.append("" if in_block else raw)
+    joined = "\n".join(blanked)
+    out = []
+    for m in INLINE_RE.finditer(joined):
+        span = " ".join(m.group(2).split())
+        span = re.sub(r"\[[^\[\]]*\]", "", span)
+        span = re.sub(r"(?<!\S)\.\.\.(?!\S)", "", span)
+        out.append(Line(rel(path), joined.count("\n", 0, m.start()) + 1, span.strip()))
+    return out
+
+
+def command_lines(path: Path) -> list[Line]:
+    """Every place of a document that may show a command: fenced lines, then inline spans."""
+    return code_lines(path) + inline_lines(path)
+
+
 def shell_words(rest: str) -> list[str]:
     """The arguments of one command: up to a comment, pipe, redirection, `;`, `&` or a closing
     backquote (a command quoted inside a code block)."""
@@ -133,7 +181,7 @@ class CliCommand:
 def cli_commands() -> list[CliCommand]:
     out = []
     for path in doc_files():
-        for line in code_lines(path):
+        for line in command_lines(path):
             m = CLI_RE.search(line.text)
             if m:
                 out.append(CliCommand(line, m.group(1), tuple(shell_words(m.group(2)))))
@@ -143,7 +191,7 @@ def cli_commands() -> list[CliCommand]:
 def make_commands() -> list[tuple[Line, list[str]]]:
     out = []
     for path in doc_files():
-        for line in code_lines(path):
+        for line in command_lines(path):
             m = MAKE_RE.search(line.text)
             if m:
                 targets = [w for w in shell_words(m.group(1)) if "=" not in w and not w.startswith("-")]
@@ -154,9 +202,10 @@ def make_commands() -> list[tuple[Line, list[str]]]:
 class _Parsed(BaseException):
     """Raised instead of returning from parse_args: the command line was accepted."""
 
-    def __init__(self, namespace: argparse.Namespace) -> None:
+    def __init__(self, namespace: argparse.Namespace | None, parser: argparse.ArgumentParser) -> None:
         super().__init__()
         self.namespace = namespace
+        self.parser = parser
 
 
 def parse_with_project_parser(module: str, args: Sequence[str], monkeypatch: pytest.MonkeyPatch,
@@ -167,7 +216,7 @@ def parse_with_project_parser(module: str, args: Sequence[str], monkeypatch: pyt
     real = argparse.ArgumentParser.parse_args
 
     def parse_args(self: argparse.ArgumentParser, argv: Any = None, namespace: Any = None) -> Any:
-        raise _Parsed(real(self, argv, namespace))
+        raise _Parsed(real(self, argv, namespace), self)
 
     with monkeypatch.context() as m:
         m.setattr(argparse.ArgumentParser, "parse_args", parse_args)
@@ -179,6 +228,44 @@ def parse_with_project_parser(module: str, args: Sequence[str], monkeypatch: pyt
             code = exc.code
     err = capsys.readouterr().err.strip().splitlines()  # admin's main turns argparse's exit into a return
     raise AssertionError(f"refused (exit {code}): {err[-1] if err else ''}")
+
+
+def check_bench_names(namespace: argparse.Namespace) -> None:
+    """bench's main checks its benchmark names after parse_args, where the parse above stops."""
+    from bench.cli import BENCHMARKS
+
+    unknown = [w for w in namespace.which if w not in BENCHMARKS]
+    if unknown:
+        raise AssertionError(f"unknown benchmark(s) {unknown}: bench has {sorted(BENCHMARKS)}")
+
+
+def project_parser(module: str) -> argparse.ArgumentParser:
+    """The top-level parser a CLI's main() builds, caught as it starts parsing."""
+    mod_name, func = CLIS[module]
+    main: Callable[..., Any] = getattr(importlib.import_module(mod_name), func)
+
+    def parse_args(self: argparse.ArgumentParser, argv: Any = None, namespace: Any = None) -> Any:
+        raise _Parsed(None, self)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+        try:
+            main([])
+        except _Parsed as parsed:
+            return parsed.parser
+    raise AssertionError(f"python -m {module}: main() returned without parsing its arguments")
+
+
+def subcommands(module: str) -> set[str]:
+    """Words that may follow `python -m MODULE`: its sub-parsers or first positional's choices."""
+    if module == "bench":
+        from bench.cli import BENCHMARKS
+
+        return set(BENCHMARKS)
+    for action in project_parser(module)._actions:  # noqa: SLF001 - argparse has no public listing
+        if not action.option_strings and action.choices:
+            return set(action.choices)
+    return set()
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -198,7 +285,9 @@ def test_docs_cli_commands_are_accepted_by_the_project_parsers(monkeypatch: pyte
         if not cmd.args and cmd.module != "demo":
             continue  # `python -m backend` named as a whole: its --help is checked below
         try:
-            parse_with_project_parser(cmd.module, cmd.args, monkeypatch, capsys)
+            namespace = parse_with_project_parser(cmd.module, cmd.args, monkeypatch, capsys)
+            if cmd.module == "bench":
+                check_bench_names(namespace)
         except AssertionError as exc:
             failures.append(f"{cmd.line}\n    python -m {cmd.module} {shlex.join(cmd.args)}: {exc}")
     assert not failures, "commands in the docs that the project's parsers refuse:\n" + "\n".join(failures)
@@ -236,7 +325,7 @@ def test_docs_make_targets_exist() -> None:
 def test_docs_scripts_exist_with_their_subcommands() -> None:
     failures = []
     for path in doc_files():
-        for line in code_lines(path):
+        for line in command_lines(path):
             for m in SCRIPT_RE.finditer(line.text):
                 script = ROOT / m.group(1)
                 if not script.is_file() or not os.access(script, os.X_OK):
@@ -249,6 +338,174 @@ def test_docs_scripts_exist_with_their_subcommands() -> None:
                 if words and has_cases and not words[0].startswith("-"):
                     if not re.search(rf"^\s*{re.escape(words[0])}\)", text, re.M):
                         failures.append(f"{line}: {m.group(1)} has no subcommand {words[0]!r}")
+    assert not failures, "\n".join(failures)
+
+
+def bench_args_values() -> list[tuple[str, list[str]]]:
+    """Every `BENCH_ARGS=VALUE` of the docs (fenced or not) and of the Makefile, as bench's argv."""
+    out = []
+    for path in doc_files() + [ROOT / "Makefile"]:
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in BENCH_ARGS_RE.finditer(raw):
+                value = shlex.split(m.group(1))
+                out.append((f"{rel(path)}:{n}: {raw.strip()}", shlex.split(value[0]) if value else []))
+    return out
+
+
+def test_docs_inline_commands_and_bench_args_are_extracted() -> None:
+    """The extraction itself works: the prose does show inline commands and BENCH_ARGS values."""
+    inline = [line for path in doc_files() for line in inline_lines(path)]
+    assert any(CLI_RE.search(line.text) for line in inline)
+    assert any(MAKE_RE.search(line.text) for line in inline)
+    assert bench_args_values()
+
+
+def test_docs_bench_args_values_are_accepted_by_bench(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    failures = []
+    for where, args in bench_args_values():
+        try:
+            check_bench_names(parse_with_project_parser("bench", args, monkeypatch, capsys))
+        except AssertionError as exc:
+            failures.append(f"{where}\n    python -m bench {shlex.join(args)}: {exc}")
+    assert not failures, "BENCH_ARGS values that bench refuses:\n" + "\n".join(failures)
+
+
+def test_docs_inline_subcommands_are_written_as_runnable_commands() -> None:
+    """`bench queues console --actors 1000` in the prose does not run: `python -m bench ...` does."""
+    known = {module: subcommands(module) for module in CLIS}
+    failures = []
+    for path in doc_files():
+        for line in inline_lines(path):
+            m = BARE_CLI_RE.match(line.text)
+            if m and m.group(2) in known[m.group(1)]:
+                failures.append(f"{line}: write it as `python -m {line.text}`")
+    assert not failures, "\n".join(failures)
+
+
+def pytest_ids_missing(args: Sequence[str]) -> list[str]:
+    """The files and `file::test` ids of a pytest command line that do not exist."""
+    missing = []
+    for word in args:
+        if word.startswith("-") or not ("/" in word or "::" in word or word.endswith(".py")):
+            continue
+        file_part, *names = word.split("::")
+        target = ROOT / file_part
+        if not target.exists():
+            missing.append(word)
+        elif names and target.is_file():
+            text = target.read_text(encoding="utf-8")
+            if not re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(names[-1].split('[')[0])}\b", text, re.M):
+                missing.append(word)
+    return missing
+
+
+def test_docs_other_python_modules_and_venv_programs_exist() -> None:
+    import importlib.util
+
+    bins = {Path(sys.executable).parent, ROOT / ".venv" / "bin"}
+    failures = []
+    for path in doc_files():
+        for line in command_lines(path):
+            for m in VENV_BIN_RE.finditer(line.text):
+                if not any((b / m.group(1)).exists() for b in bins):
+                    failures.append(f"{line}: .venv/bin/{m.group(1)} is not installed by `make venv`")
+            m = PYMOD_RE.search(line.text)
+            if not m or m.group(1) in CLIS:
+                continue
+            module = m.group(1)
+            if importlib.util.find_spec(module) is None:
+                failures.append(f"{line}: python -m {module}: no such module")
+            elif module == "pytest":
+                failures += [f"{line}: pytest {w}: no such test file or test" for w in pytest_ids_missing(shell_words(m.group(2)))]
+    assert not failures, "\n".join(failures)
+
+
+COMPOSE_RE = re.compile(r"(?:^|[\s;&|(`])docker\s+compose\s+")
+COMPOSE_SUBCOMMANDS = {"attach", "build", "config", "cp", "create", "down", "events", "exec", "images", "kill",
+                       "logs", "ls", "pause", "port", "ps", "pull", "push", "restart", "rm", "run", "scale", "start",
+                       "stats", "stop", "top", "unpause", "up", "version", "wait", "watch"}
+COMPOSE_GLOBAL_VALUED = {"-f", "--file", "-p", "--project-name", "--profile", "--env-file", "--project-directory",
+                         "--ansi", "--parallel"}
+COMPOSE_VALUED = {"--tail", "-e", "--env", "-u", "--user", "-w", "--workdir", "--index", "-t", "--timeout",
+                  "--scale", "--name", "--entrypoint", "--publish", "-v", "--volume", "-l", "--label", "--since",
+                  "--until", "--signal", "-s", "--pull", "--wait-timeout"}
+COMPOSE_NAMING_SERVICES = {"build", "create", "exec", "kill", "logs", "pause", "port", "ps", "pull", "push", "restart",
+                           "rm", "run", "start", "stop", "top", "unpause", "up", "wait"}
+
+
+def compose_services() -> set[str]:
+    import yaml  # the test extra's pyyaml: missing, this fails rather than skips
+
+    names: set[str] = set()
+    for f in sorted(ROOT.glob("docker-compose*.yml")):
+        names |= set((yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("services") or {})
+    return names
+
+
+def compose_problems(words: Sequence[str], services: set[str]) -> list[str]:
+    """What is wrong with one `docker compose WORDS...` command line (empty when nothing)."""
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        i += 2 if words[i] in COMPOSE_GLOBAL_VALUED else 1
+    if i >= len(words):
+        return []
+    sub, rest = words[i], words[i + 1:]
+    if sub not in COMPOSE_SUBCOMMANDS:
+        return [f"docker compose has no subcommand {sub!r}"]
+    if sub not in COMPOSE_NAMING_SERVICES:
+        return []
+    named, j = [], 0
+    while j < len(rest):
+        word = rest[j]
+        if word.startswith("-"):
+            j += 2 if word in COMPOSE_VALUED else 1
+            continue
+        named.append(word)
+        if sub in ("exec", "run"):
+            break  # then the command to run in it
+        j += 1
+    return [f"no service {name!r} in the compose files" for name in named
+            if not name.startswith("$") and name not in services]
+
+
+def test_docs_compose_commands_name_real_services() -> None:
+    services = compose_services()
+    assert {"admin", "mongo1", "rabbitmq1"} <= services, services
+    failures = []
+    for path in doc_files():
+        for line in command_lines(path):
+            for m in COMPOSE_RE.finditer(line.text):
+                failures += [f"{line}: {p}" for p in compose_problems(shell_words(line.text[m.end():]), services)]
+    assert not failures, "\n".join(failures)
+
+
+def cited_hashes() -> list[tuple[str, str]]:
+    """(where, hash) for every token of the docs that looks like a commit reference."""
+    out = []
+    for path in doc_files():
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for m in HASH_RE.finditer(raw):
+                token = m.group(1)
+                if token.isdigit() or not re.search(r"\d", token):
+                    continue
+                if len(token) <= 12 or len(token) == 40 or AFTER_COMMIT_RE.search(raw[:m.start()]):
+                    out.append((f"{rel(path)}:{n}", token))
+    return out
+
+
+def test_docs_cited_commits_exist_in_the_repository() -> None:
+    """A commit cited as evidence must be one a reader can check out: `git cat-file -e HASH^{commit}`.
+    A clean clone is a git checkout, so no skip: outside one, this fails."""
+    git = shutil.which("git")
+    assert git, "git is not installed"
+    inside = subprocess.run([git, "rev-parse", "--is-inside-work-tree"], cwd=ROOT, capture_output=True, text=True)
+    assert inside.returncode == 0 and inside.stdout.strip() == "true", f"{ROOT} is not a git checkout"
+    failures = []
+    for where, token in cited_hashes():
+        proc = subprocess.run([git, "cat-file", "-e", f"{token}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            failures.append(f"{where}: {token} is not a commit of this repository")
     assert not failures, "\n".join(failures)
 
 
@@ -319,6 +576,39 @@ def test_docs_cited_repository_paths_exist() -> None:
                 continue
             if not ((ROOT / cited).exists() or (path.parent / cited).exists()):
                 failures.append(f"{rel(path)}: cites `{cited}`, which does not exist")
+    assert not failures, "\n".join(failures)
+
+
+RUNBOOK_SECTIONS = {
+    # heading of docs/operations.md -> commands the section must show
+    "A blocked actor": ["python -m backend status", "python -m backend show", "python -m backend replay",
+                        "python -m backend cancel", "python -m backend edit"],
+    "A poisoned message": ["python -m backend show", "rabbitmqctl"],
+    "A lost node": ["rabbitmqctl cluster_status", "rabbitmq-queues", "make cluster-up", "mongosh"],
+    "A full disk or a memory alarm": ["rabbitmq-diagnostics alarms"],
+    "Credential rotation": ["python -m admin provision", "--rotate"],
+    "Backup and restore of the ledger": ["mongodump", "mongorestore", "replicaSet=rs0"],
+}
+
+
+def test_docs_operations_runbook_covers_the_incidents() -> None:
+    """The runbook has a section per incident of the issue, each showing the commands it needs."""
+    sections: dict[str, str] = {}
+    current = None
+    for raw in (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^##\s+(.*?)\s*$", raw)
+        if m:
+            current = m.group(1)
+            sections[current] = ""
+        elif current:
+            sections[current] += raw + "\n"
+    failures = []
+    for heading, commands in RUNBOOK_SECTIONS.items():
+        if heading not in sections:
+            failures.append(f"docs/operations.md has no section '## {heading}'")
+            continue
+        body = " ".join(sections[heading].split())
+        failures += [f"docs/operations.md '## {heading}' shows no `{c}`" for c in commands if c not in body]
     assert not failures, "\n".join(failures)
 
 
