@@ -60,8 +60,7 @@ class PipelineMetrics:
     def on_event(self, kind: str, actor: str, doc: dict[str, Any], seconds: float) -> None:
         """The connector runtime's hook (connectors.runtime.Runtime(on_event=...)).
 
-        Runs on the actor's worker thread after the ledger write: cheap, never raises. Also logs
-        the message's correlation id, which the runtime's own lines do not carry.
+        Runs on the actor's worker thread after the ledger write: cheap, never raises.
         """
         try:
             self.handler_seconds.labels(actor=actor).observe(seconds)

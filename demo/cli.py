@@ -22,7 +22,9 @@ from typing import Any, NoReturn, Sequence
 from backend.app import Backend
 from backend.errors import BrokerUnavailable, ConfigError, FifoqError, ValidationError
 from backend.logs import configure
+from backend.metrics import PipelineMetrics, instrument_emitter
 from backend.settings import Settings, redact_url
+from connectors.metrics import WorkerCollector, serve
 from demo.scenarios import ACTORS, DEFAULT_RATE, Player, declare
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,21 @@ def parser() -> argparse.ArgumentParser:
                    help=f"events per second (default {DEFAULT_RATE:g}; 0: as fast as possible)")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed plays the same events")
     p.add_argument("--count", type=int, default=None, metavar="N", help="emit N events, then keep serving")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="emit only: serve Prometheus /metrics (fifoq_messages_emitted_total) on this port "
+                        "(`python -m demo` puts them on the console's /metrics)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port")
     return p
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (1-65535)")
+    return value
 
 
 def _positive(raw: str) -> float:
@@ -71,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.count is not None and args.count < 0:
         print("error: --count must be >= 0", file=sys.stderr)
+        return 2
+    if args.metrics_port is not None and args.command != "emit":
+        print("error: --metrics-port is for `python -m demo emit`; `python -m demo` serves them on the console's /metrics", file=sys.stderr)
         return 2
     try:
         configure()
@@ -224,7 +243,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     url = f"http://{cfg.host}:{cfg.port}"
 
-    def on_event(kind: str, actor: str, doc: dict[str, Any], *_seconds: float) -> None:
+    # The pipeline's counters go on the console's /metrics, beside the console's own gauges.
+    metrics = PipelineMetrics(registry=app.extensions["fifoq_metrics"])
+    instrument_emitter(backend.emitter, metrics)
+
+    def on_event(kind: str, actor: str, doc: dict[str, Any], seconds: float) -> None:
+        metrics.on_event(kind, actor, doc, seconds)
         if kind == "failed":
             print(f"\n>>> {actor} is blocked on message {doc['_id']} ({doc.get('event')}): "
                   f"fix it at {url}/messages/{doc['_id']}\n", flush=True)
@@ -232,7 +256,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     backend.start_relay()
-    runtime = Runtime(settings, backend.ledger, registry, list(ACTORS), on_event=on_event).start()
+    runtime = Runtime(settings, backend.ledger, registry, list(ACTORS), on_event=on_event)
+    metrics.registry.register(WorkerCollector(runtime))
+    runtime.start()
     player = Player(backend, seed=args.seed, rate=args.rate, count=args.count)
     player.start()
     server_thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
@@ -281,6 +307,14 @@ def emit(args: argparse.Namespace) -> int:
         )
     _describe(settings)
     backend = Backend(settings)
+    if args.metrics_port is not None:
+        metrics = PipelineMetrics()
+        instrument_emitter(backend.emitter, metrics)
+        try:
+            serve(metrics.registry, args.metrics_port, args.metrics_addr)
+        except OSError as exc:
+            backend.close()
+            raise ConfigError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {exc}") from None
     declare(backend.subscriptions)
     backend.declare()
     backend.start_relay()

@@ -31,7 +31,7 @@ APP_SERVICES = {
     # metrics for the compose network's Prometheus
     **{name: ["python", "-m", "connectors", "run", actor, "--metrics-port", "9100", "--metrics-addr", "0.0.0.0"]
        for name, actor in CONNECTOR_SERVICES.items()},
-    "backend-demo": ["python", "-m", "demo", "emit"],
+    "backend-demo": ["python", "-m", "demo", "emit", "--metrics-port", "9100", "--metrics-addr", "0.0.0.0"],
 }
 APP_ENV = ["AMQP_URL", "MONGODB_URL", "MONGODB_DB", "FIFOQ_PREFIX", "FIFOQ_QUEUE_TYPE", "FIFOQ_DECLARE"]
 # The settings that change behaviour in production: every process gets them as ${VAR:-default}.
@@ -326,5 +326,9 @@ def test_prometheus_scrapes_rabbitmq_console_and_connectors(compose):
         assert _option(command, "--metrics-addr") == "0.0.0.0"
         wanted.add(f"{name}:{_option(command, '--metrics-port')}")
     assert targets(jobs["fifoq-connectors"]) == wanted
+    # and the demo backend its emitted counters
+    backend_command = services["backend-demo"]["command"]
+    assert _option(backend_command, "--metrics-addr") == "0.0.0.0"
+    assert targets(jobs["fifoq-backend"]) == {f"backend-demo:{_option(backend_command, '--metrics-port')}"}
     deps = prom["depends_on"]
-    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", *CONNECTOR_SERVICES} <= set(deps)
+    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", "backend-demo", *CONNECTOR_SERVICES} <= set(deps)

@@ -199,6 +199,12 @@ def test_demo_process_serves_the_console_and_stops_by_itself(prefix: str, tmp_pa
 
         wait_for(payment_blocked, timeout=8, interval=0.3, what="the bad booking to block payment")
         assert session.get(f"{base}/api/actors/notification", timeout=5).json()["counts"]["done"] > 0
+        # the console's /metrics carries the pipeline's counters of the demo process too
+        scraped = session.get(f"{base}/metrics", timeout=5).text
+        for name in ("fifoq_messages_emitted_total", "fifoq_messages_processed_total"):
+            assert re.search(name + r'\{actor="notification"\} [1-9]', scraped), name
+        assert re.search(r'fifoq_messages_failed_total\{actor="payment"\} [1-9]', scraped)
+        assert 'fifoq_connector_consuming{actor="notification"} 1.0' in scraped
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, log_path.read_text()[-3000:]
         assert base in out and "admin / demo-test-pw" in out and "operator / " in out and "viewer / " in out

@@ -150,6 +150,36 @@ def test_connector_cli_metrics_port_serves_prometheus_text(backend: Backend) -> 
     assert proc.returncode == 0, err
 
 
+def test_demo_emit_metrics_port_counts_emitted_messages(backend: Backend) -> None:
+    """python -m demo emit --metrics-port: the backend process's fifoq_messages_emitted_total."""
+    from backend import ledger_server
+
+    server, ledger_url = ledger_server.serve(backend.ledger)
+    port = free_port()
+    env = dict(os.environ, FIFOQ_PREFIX=backend.settings.prefix, MONGODB_URL=ledger_url, LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "demo", "emit", "--rate", "20", "--metrics-port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def emitted() -> float:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.communicate()
+                return 0.0
+            return sum(v for (name, _labels), v in samples(text).items() if name == "fifoq_messages_emitted_total")
+
+        wait_for(lambda: emitted() >= 5, timeout=60, interval=0.3, what="emitted messages counted")
+        stored = backend.ledger.status_counts()
+        assert sum(sum(c.values()) for c in stored.values()) >= 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        server.stop_event.set()
+    assert proc.returncode == 0, err
+    bad = subprocess.run([sys.executable, "-m", "demo", "--metrics-port", "9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--metrics-port is for" in bad.stderr
+
+
 def test_connector_cli_metrics_port_taken_is_an_error(settings: Settings) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
