@@ -19,6 +19,10 @@ from backend.values import EDITABLE_STATUSES, FINAL_STATUSES, LANE_OPEN_STATUSES
 log = logging.getLogger(__name__)
 
 ATTEMPT_LOG_SIZE = 50
+# The console's payload search runs in the database over this much of each message's flattened
+# payload and correlation id (stored as `search`), never by pulling payloads into the console.
+SEARCH_TEXT_CHARS = 4096
+HIDDEN_FIELDS = {"search": False}  # internal to the ledger: not part of a message as read
 GAP_EVENT = "(sequence gap)"
 CONTROL_EVENT = "(control)"
 
@@ -213,6 +217,7 @@ class Ledger:
             "control": None,
             "event": event,
             "payload": payload,
+            "search": search_text(payload, correlation_id),
             "correlation_id": correlation_id,
             "status": Status.PENDING.value,
             "attempts": 0,
@@ -273,7 +278,7 @@ class Ledger:
         if not isinstance(message_id, str):
             raise UnknownMessage("message id must be a string")
         with self.store.op() as db:
-            doc = db.messages.find_one({"_id": message_id})
+            doc = db.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
         if doc is None:
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
@@ -360,19 +365,15 @@ class Ledger:
                 query["created_at"]["$lt"] = until
         with self.store.op() as db:
             if text:
-                # Payload search: a literal, escaped substring over the stored JSON text would need
-                # a text index on real MongoDB; a regex over known string fields works on both.
-                pattern = re.compile(re.escape(str(text)), re.IGNORECASE)
-                ids = [
-                    d["_id"]
-                    for d in db.messages.find(query, {"_id": 1, "payload": 1, "correlation_id": 1})
-                    if pattern.search(_flatten(d.get("payload"))) or pattern.search(str(d.get("correlation_id") or ""))
-                    or pattern.search(d["_id"])
-                ]
-                query = {"_id": {"$in": ids}}
+                # Payload search: a literal (escaped) case-insensitive substring of the message's
+                # search text (keys and scalars of the payload, and its correlation id), or its id.
+                # The database evaluates it, with the other filters, on MongoDB as on the embedded
+                # store; operators in `text` are plain characters.
+                literal = re.escape(str(text))
+                query["$or"] = [{"search": {"$regex": literal, "$options": "i"}}, {"_id": str(text)}]
             total = db.messages.count_documents(query)
             order = DESCENDING if newest_first else ASCENDING
-            cur = db.messages.find(query).sort([("created_at", order), ("seq", order)]).skip(max(0, skip)).limit(max(1, limit))
+            cur = db.messages.find(query, HIDDEN_FIELDS).sort([("created_at", order), ("seq", order)]).skip(max(0, skip)).limit(max(1, limit))
             return list(cur), total
 
     def status_counts(self, actor: str | None = None) -> dict[str, dict[str, int]]:
@@ -526,7 +527,8 @@ class Ledger:
         with self.store.op() as db:
             after = db.messages.find_one_and_update(
                 {"_id": doc["_id"], "version": version, "status": {"$in": list(EDITABLE_STATUSES)}},
-                {"$set": {"payload": payload, "version": version + 1, "updated_at": now}, "$push": {"history": entry}},
+                {"$set": {"payload": payload, "search": search_text(payload, doc.get("correlation_id")),
+                          "version": version + 1, "updated_at": now}, "$push": {"history": entry}},
                 return_document=RETURN_AFTER,
             )
         if after is None:
@@ -641,6 +643,12 @@ def _attempt_entry(doc: dict[str, Any], now: datetime, outcome: str, error: Erro
         "outcome": outcome,
         "error": error.to_doc() if error else None,
     }
+
+
+def search_text(payload: Any, correlation_id: str | None) -> str:
+    """What the payload search looks in: the payload's keys and scalars, then the correlation id
+    (the first SEARCH_TEXT_CHARS characters)."""
+    return f"{_flatten(payload)} {correlation_id or ''}"[:SEARCH_TEXT_CHARS]
 
 
 def _flatten(value: Any) -> str:

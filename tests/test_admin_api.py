@@ -91,6 +91,29 @@ def test_admin_api_actor_detail_messages_and_consistency(viewer: FlaskClient, bl
     assert cons["status"] in ("ok", "unknown")  # "unknown" until the broker's first stats collection
 
 
+def test_admin_api_search_matches_payload_keys_values_correlation_and_edits_in_the_database(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:
+    def found(q: str) -> list[str]:
+        page = operator.get("/api/actors/payment/messages", query_string={"q": q}).get_json()
+        assert "search" not in (page["items"][0] if page["items"] else {})  # internal field, not shown
+        return [m["id"] for m in page["items"]]
+
+    failed = backend.ledger.message(blocked.failed_id)
+    assert blocked.failed_id in found("A@EXAMPLE.COM")  # nested value, any case
+    assert blocked.failed_id in found("customer email")  # keys are searched too
+    assert found(failed["correlation_id"]) == [blocked.failed_id]
+    assert found(blocked.failed_id) == [blocked.failed_id]
+    assert found(".*") == [] and found("[a-z]+") == []  # a literal, not a pattern
+    # the search text follows an edit: the new payload is found, the old one no longer
+    version = failed["version"]
+    resp = operator.put(f"/api/messages/{blocked.failed_id}/payload", json={"payload": dict(failed["payload"], note="zebra-7", amount=5), "expected_version": version})
+    assert resp.status_code == 200, resp.get_json()
+    assert found("zebra-7") == [blocked.failed_id] and found("pwned") == []
+    # it is stored with the message, so that MongoDB evaluates the search (no payload leaves it)
+    with backend.ledger.store.op() as db:
+        stored = db.messages.find_one({"_id": blocked.failed_id})
+    assert "zebra-7" in stored["search"] and failed["correlation_id"] in stored["search"]
+
+
 def test_admin_api_consistency_flags_messages_missing_from_the_broker(viewer: FlaskClient, backend: Backend, blocked: Blocked) -> None:
     """Given the broker lost the queued envelopes (here: the queue is purged), the consistency view
     reports them missing once the broker's statistics show the empty queue."""
