@@ -393,6 +393,8 @@ class ActorConsumer:
         self._buffer: deque[Delivery] = deque()
         self._start = 0  # index of the broker address tried first; moves on after each failure
         self._cancelled = False
+        self._ack_upto: int | None = None  # highest delivery tag settled but not acked yet
+        self._acks_waiting = 0
 
     @property
     def is_open(self) -> bool:
@@ -454,10 +456,27 @@ class ActorConsumer:
             raise BrokerUnavailable(f"consuming {self.queue}: consumer cancelled by the broker")
 
     def ack(self, tag: int) -> None:
-        self._settle(lambda: self._ch.basic_ack(tag), "ack")
+        """Acknowledge `tag` and every delivery before it, lazily.
+
+        The caller has settled the message in the ledger first and settles deliveries in order,
+        so one `basic.ack multiple` covers a run of them: it is sent when no delivery is buffered
+        (before waiting for more: the broker's prefetch window must reopen), when half the window
+        is waiting, before a reject and before the channel closes. A crash in between only causes
+        redeliveries of settled messages, which the runtime acks without running them."""
+        self._ack_upto = tag
+        self._acks_waiting += 1
+        if not self._buffer or self._acks_waiting >= max(1, self.prefetch // 2):
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        if self._ack_upto is None:
+            return
+        tag, self._ack_upto, self._acks_waiting = self._ack_upto, None, 0
+        self._settle(lambda: self._ch.basic_ack(tag, multiple=True), "ack")
 
     def dead_letter(self, tag: int) -> None:
         """Reject without requeue: the broker moves it to the dead-letter exchange."""
+        self.flush_acks()
         self._settle(lambda: self._ch.basic_reject(tag, requeue=False), "reject")
 
     def _settle(self, call: Callable[[], None], what: str) -> None:
@@ -491,12 +510,18 @@ class ActorConsumer:
     def release(self) -> None:
         """Let go of every unacked delivery: closing the channel returns them to the head of the
         queue in their original order (never basic.cancel / nack, see module docstring)."""
+        if self.is_open:
+            try:
+                self.flush_acks()  # what was settled is acked, not redelivered
+            except BrokerUnavailable:
+                pass  # the connection is gone: the broker requeues them, the runtime skips them
         self._drop()
 
     def _drop(self, failed: bool = False) -> None:
         if failed:
             self._start += 1
         self._buffer.clear()
+        self._ack_upto, self._acks_waiting = None, 0  # acks belong to the channel that delivered
         conn, self._conn, self._ch = self._conn, None, None
         # Closing returns held deliveries to the head of the queue; if the broker does not answer
         # the close in time, the connection is dropped, which returns them just the same.

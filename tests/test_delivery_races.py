@@ -227,3 +227,24 @@ def test_runtime_and_handler_log_lines_carry_the_correlation_id(backend: Backend
     assert [(r.correlation_id, failed in r.getMessage(), "actor=payment" in r.getMessage()) for r in failure] == [("order-42", True, True)]
     assert all(r.correlation_id == "-" for r in caplog.records if "consuming" in r.getMessage())
     assert "cid=%(correlation_id)s" in logs.FORMAT
+
+
+def test_acks_of_settled_messages_go_out_before_the_worker_waits(backend: Backend) -> None:
+    """Acks are sent as one `multiple` ack per run of settled deliveries, but never held while
+    the worker waits: a connection cut after the work is done redelivers nothing."""
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    rec = Recorder()
+    rt = _runtime(backend, "payment", rec)
+    rt.start()
+    try:
+        backend.emit_many([("x", {"i": i}) for i in range(60)])
+        wait_for(lambda: len(rec.calls) == 60, what="all processed")
+        wait_for(lambda: _close_connections(rt.owner) >= 1, timeout=30, interval=0.5, what="the connector's connection listed")
+        backend.emit_event("x", {"i": 60})
+        wait_for(lambda: len(rec.calls) == 61, what="processed after reconnecting")
+    finally:
+        rt.stop()
+    stats = rt.workers["payment"].stats
+    assert (stats.processed, stats.skipped) == (61, 0), "settled messages were redelivered: their acks were held back"
+    assert [p["i"] for p in rec.payloads()] == list(range(61))
