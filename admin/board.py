@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 LEDGER_DOWN = (StoreError, ConnectionError, EOFError)
 OPEN_STATUSES = [s.value for s in Status if s.value not in FINAL_STATUSES]
 _LANE_RE = re.compile(r"\.lane\d+$")
+# The overview asks the management API while it reads the ledger: the page takes the longer of
+# the two, not their sum (the broker's answer is mostly waiting on another process).
+_BROKER_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="overview-broker")
 
 
 @dataclass
@@ -205,21 +209,35 @@ def _broker_queues(api: RabbitAPI, prefix: str) -> tuple[dict[str, list[QueueInf
         return None, str(exc)
 
 
+def _broker_part(api: RabbitAPI, prefix: str) -> tuple[dict[str, Any] | None, dict[str, list[QueueInfo]] | None, str | None]:
+    """(health, actor queues, error) from the management API; error set when it is unreachable."""
+    try:
+        health = api.health()
+    except BrokerAPIUnavailable as exc:
+        return None, None, str(exc)
+    by_actor, error = _broker_queues(api, prefix)
+    return health, by_actor, error
+
+
 def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_only: bool = False) -> Overview:
     result = Overview()
     now = result.generated_at
     prefix = backend.settings.prefix
-    try:
-        result.health = api.health()
-    except BrokerAPIUnavailable as exc:
-        result.broker_error = str(exc)
-    by_actor, queue_error = (None, result.broker_error) if result.broker_error else _broker_queues(api, prefix)
-    result.broker_error = result.broker_error or queue_error
+    broker = _BROKER_READS.submit(_broker_part, api, prefix)
     needle = name.strip().lower()
+    ledger_error: BaseException | None = None
     try:
         docs = backend.ledger.actors()
-        counts = backend.ledger.status_counts()
-        heads = backend.ledger.heads()
+        counts, heads = backend.ledger.summaries()
+    except LEDGER_DOWN as exc:
+        ledger_error = exc
+    health, by_actor, broker_error = broker.result()
+    if health is not None:
+        result.health = health
+    result.broker_error = broker_error
+    try:
+        if ledger_error is not None:
+            raise ledger_error
         for doc in docs:
             if needle and needle not in doc["_id"].lower():
                 continue

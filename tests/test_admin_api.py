@@ -327,3 +327,19 @@ def test_admin_api_every_api_route_is_documented(app: Flask) -> None:
         if not re.search(rf"`(?:{methods}) {path}(?=[`?\s])", doc):
             missing.append(f"{methods} {rule.rule}")
     assert not missing, f"not in docs/api.md: {missing}"
+
+
+def test_ledger_summaries_equal_the_aggregations_they_replace_on_the_embedded_store(backend: Backend, blocked: Blocked) -> None:
+    """The overview reads counts and heads in one pass on the embedded store; MongoDB runs the two
+    aggregations. Both must say the same, across actors, lanes and statuses."""
+    backend.subscriptions.actor("dossiers", lanes=3)
+    backend.subscriptions.subscribe("dossiers", "step", ordering_key="k")
+    backend.subscriptions.subscribe("audit", "step")
+    backend.declare()
+    backend.emit_many([("step", {"k": f"K{i % 7}", "i": i}) for i in range(40)])
+    backend.operations.cancel(backend.ledger.find(actor="audit", limit=1)[0][0]["_id"], "op", "test")
+    assert backend.ledger.store.embedded
+    counts, heads = backend.ledger.summaries()
+    assert counts == backend.ledger.status_counts()
+    assert heads == backend.ledger.heads()
+    assert heads["payment"]["_id"] == blocked.failed_id and {"payment", "dossiers", "audit"} <= set(counts)
