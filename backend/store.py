@@ -54,7 +54,10 @@ def _install_id_lookup() -> None:
             return original(self, filter)
         store = self._store
         docs = [store[i] for i in ids if i in store]
-        return (d for d in docs if mongomock.filtering.filter_applies(filter, d))
+        # The `_id` condition holds by construction; checking it again costs len(ids) comparisons
+        # per document (a batch's mark_queued: 300 x 300).
+        rest = {k: v for k, v in filter.items() if k != "_id"}
+        return (d for d in docs if not rest or mongomock.filtering.filter_applies(rest, d))
 
     collection_cls._iter_documents = _iter_documents
     collection_cls._fifoq_id_lookup = True
