@@ -202,6 +202,9 @@ class ActorWorker:
         have blocked keys or moved the lane on): read it again from the ledger."""
         self.active = True
         self.expected = None
+        self._refresh()
+
+    def _refresh(self) -> None:
         self.state(fresh=True)
         self.blocked_keys = {k["key"] for k in self.ledger.blocked_keys(self.actor, self.lane)}
 
@@ -221,7 +224,10 @@ class ActorWorker:
             return True
         if first["status"] in LANE_OPEN_STATUSES:
             # Never confirmed (not relayed yet), left processing by a dead replica (its lease
-            # decides), or lost from the queue: run it from the ledger, lowest sequence first.
+            # decides), or lost from the queue: run it from the ledger, lowest sequence first,
+            # knowing the lane's blocked keys as they are now.
+            if not self.active:
+                self._refresh()
             self._process_range(first["seq"], first["seq"] + 1, threading.Event())
             return False
         return True

@@ -248,3 +248,22 @@ def test_acks_of_settled_messages_go_out_before_the_worker_waits(backend: Backen
     stats = rt.workers["payment"].stats
     assert (stats.processed, stats.skipped) == (61, 0), "settled messages were redelivered: their acks were held back"
     assert [p["i"] for p in rec.payloads()] == list(range(61))
+
+
+def test_drain_run_holds_a_ledger_only_message_of_a_blocked_key(backend: Backend) -> None:
+    """A message stored but never published (the relay has not run yet) is run from the ledger by
+    a drain run that never received a delivery: it must still be held behind its blocked key."""
+    backend.subscriptions.actor("dossiers", lanes=1)
+    backend.subscriptions.subscribe("dossiers", "step", ordering_key="k")
+    backend.declare()
+    backend.emit_event("step", {"k": "A", "i": 0, "bad": True})
+    first = Recorder(fail_when=lambda m: m.payload.get("bad"))
+    _runtime(backend, "dossiers", first).run(drain=True, timeout=60)
+    assert [k["key"] for k in backend.ledger.blocked_keys("dossiers")] == ["A"]
+    seq = backend.ledger.allocate("dossiers", 1, 0)
+    unpublished = backend.ledger.new_message("dossiers", seq, "step", {"k": "A", "i": 1}, "c-1", 0, "A")
+    backend.ledger.insert([unpublished])
+    second = Recorder()
+    _runtime(backend, "dossiers", second).run(drain=True, timeout=60)
+    assert second.payloads() == []
+    assert backend.ledger.message(unpublished["_id"])["status"] == Status.HELD.value
