@@ -3,7 +3,7 @@ token, performed by backend.operations (which writes the audit log), then a redi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -197,49 +197,54 @@ def users() -> Any:
     return render_template("users.html", users=user_store().all(), tokens=user_store().tokens(), new_token=None)
 
 
+def _account_change(change: Callable[[], str], refused: tuple[type[Exception], ...] = (ValidationError, NotFound)) -> Any:
+    """Run one change of the Users page; flash what it did, or why it was refused; back to the page."""
+    try:
+        flash(change(), "info")
+    except refused as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("views.users"))
+
+
 @bp.route("/users", methods=["POST"])
 @require_role(Role.ADMIN)
 def create_user() -> Any:
-    try:
+    def change() -> str:
         user = accounts.create_user(user_store(), backend().audit, acting_user(), request.form.get("username", ""),
                                     request.form.get("password", ""), request.form.get("role", ""))
-        flash(f"User {user.name} created ({user.role.value}).", "info")
-    except (ValidationError, Conflict) as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("views.users"))
+        return f"User {user.name} created ({user.role.value})."
+
+    return _account_change(change, (ValidationError, Conflict))
 
 
 @bp.route("/users/<name>/role", methods=["POST"])
 @require_role(Role.ADMIN)
 def set_role(name: str) -> Any:
-    try:
+    def change() -> str:
         user = accounts.set_role(user_store(), backend().audit, acting_user(), name, request.form.get("role", ""))
-        flash(f"{name} is now {user.role.value}.", "info")
-    except (ValidationError, NotFound) as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("views.users"))
+        return f"{name} is now {user.role.value}."
+
+    return _account_change(change)
 
 
 @bp.route("/users/<name>/active", methods=["POST"])
 @require_role(Role.ADMIN)
 def set_active(name: str) -> Any:
-    try:
+    def change() -> str:
         user = accounts.set_active(user_store(), backend().audit, acting_user(), name, request.form.get("active") == "1")
-        flash(f"{name} is now {'active' if user.active else 'deactivated'}.", "info")
-    except (ValidationError, NotFound) as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("views.users"))
+        return f"{name} is now {'active' if user.active else 'deactivated'}."
+
+    return _account_change(change)
 
 
 @bp.route("/users/<name>/password", methods=["POST"])
 @require_role(Role.ADMIN)
 def reset_password(name: str) -> Any:
-    try:
+    def change() -> str:
         accounts.reset_password(user_store(), backend().audit, acting_user(), name, request.form.get("password", ""))
-        flash(f"Password of {name} changed.", "info")
-    except (ValidationError, NotFound) as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("views.users"))
+        return f"Password of {name} changed."
+
+    return _account_change(change)
 
 
 @bp.route("/users/<name>/tokens", methods=["POST"])
@@ -259,9 +264,8 @@ def create_token(name: str) -> Any:
 @bp.route("/tokens/<token_id>/revoke", methods=["POST"])
 @require_role(Role.ADMIN)
 def revoke_token(token_id: str) -> Any:
-    try:
+    def change() -> str:
         accounts.revoke_token(user_store(), backend().audit, acting_user(), token_id)
-        flash(f"Token {token_id} revoked.", "info")
-    except NotFound as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("views.users"))
+        return f"Token {token_id} revoked."
+
+    return _account_change(change, (NotFound,))
