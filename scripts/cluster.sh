@@ -41,23 +41,8 @@ check_n() {
   case "${1:-}" in 1|2|3) ;; *) die "node number must be 1, 2 or 3 (got '${1:-}')";; esac
 }
 
-# --- who runs the nodes -------------------------------------------------------------------
-RUN_AS=()
-RMQ_HOME=$HOME
-if [ "$(id -u)" = 0 ] && getent passwd rabbitmq >/dev/null; then
-  RUN_AS=(runuser -u rabbitmq --)
-  RMQ_HOME=/var/lib/rabbitmq
-elif [ "$(id -un)" = rabbitmq ]; then
-  RMQ_HOME=/var/lib/rabbitmq
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && getent passwd rabbitmq >/dev/null; then
-  RUN_AS=(sudo -n -u rabbitmq --)
-  RMQ_HOME=/var/lib/rabbitmq
-fi
-
-as_rmq() { "${RUN_AS[@]}" env HOME="$RMQ_HOME" "$@"; }
-ctl() { as_rmq "$RABBITMQ_BIN/rabbitmqctl" "$@"; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=scripts/rmq_as_user.sh
+. "$ROOT/scripts/rmq_as_user.sh"
 
 node_pid() {
   local f; f=$(pid_file "$1")

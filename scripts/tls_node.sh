@@ -31,20 +31,8 @@ PID_FILE=$NODE_DIR/rmqtls.pid
 log() { echo "tls_node: $*"; }
 die() { echo "tls_node: $*" >&2; exit 1; }
 
-RUN_AS=()
-RMQ_HOME=$HOME
-if [ "$(id -u)" = 0 ] && getent passwd rabbitmq >/dev/null; then
-  RUN_AS=(runuser -u rabbitmq --)
-  RMQ_HOME=/var/lib/rabbitmq
-elif [ "$(id -un)" = rabbitmq ]; then
-  RMQ_HOME=/var/lib/rabbitmq
-elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && getent passwd rabbitmq >/dev/null; then
-  RUN_AS=(sudo -n -u rabbitmq --)
-  RMQ_HOME=/var/lib/rabbitmq
-fi
-as_rmq() { "${RUN_AS[@]}" env HOME="$RMQ_HOME" "$@"; }
-ctl() { as_rmq "$RABBITMQ_BIN/rabbitmqctl" "$@"; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=scripts/rmq_as_user.sh
+. "$ROOT/scripts/rmq_as_user.sh"
 
 node_pid() {
   [ -s "$PID_FILE" ] || return 1
