@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # seconds, the last one repeats
 DRAIN_IDLE_SECONDS = 0.3
 HANDLER_POLL_SECONDS = 0.05  # how often a long handler lets the connection send heartbeats
+# Drain mode: how long a confirmed message may stay undelivered to us before we take it that
+# another live replica holds it (a dead consumer's deliveries are requeued well within this).
+HANDOVER_GRACE_SECONDS = 5.0
 
 
 class Outcome(str, Enum):
@@ -102,6 +105,7 @@ class ActorWorker:
         self._state_read = 0.0
         self._gap_since: dict[int, float] = {}
         self._lease_renewed = 0.0
+        self._foreign_since: float | None = None  # drain: since when another consumer seems to hold the head
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"handler-{self.actor}")
         self.drained = threading.Event()
 
@@ -219,9 +223,16 @@ class ActorWorker:
         if first["status"] == Status.QUEUED.value and not self.active:
             # Confirmed by the broker, yet not delivered to us: another replica is the queue's
             # single active consumer and holds it (RabbitMQ does not tell a standby so; a quorum
-            # queue even counts one consumer). Its work, not ours: the drain ends here.
+            # queue even counts one consumer), or a consumer that just died still holds it until
+            # the broker requeues its deliveries. Past a grace period it is the other replica's
+            # work, not ours: the drain ends here.
+            now = time.monotonic()
+            self._foreign_since = self._foreign_since or now
+            if now - self._foreign_since < HANDOVER_GRACE_SECONDS:
+                return False
             log.info("actor=%s message=%s seq=%d held by the queue's active consumer: drain ends", self.name, first["_id"], first["seq"])
             return True
+        self._foreign_since = None
         if first["status"] in LANE_OPEN_STATUSES:
             # Never confirmed (not relayed yet), left processing by a dead replica (its lease
             # decides), or lost from the queue: run it from the ledger, lowest sequence first,

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 
+from backend.errors import TransientError
 from backend.values import Message
 from connectors.registry import OnInterrupted, Registry
 
@@ -36,16 +37,25 @@ def db() -> sqlite3.Connection:
     return conn
 
 
+def execute(sql: str, *params: object) -> sqlite3.Cursor:
+    """A write to the external system. A killed process can leave the SQLite file busy for a
+    moment (WAL recovery): that is the external system being briefly unavailable, which a real
+    connector reports as a transient error (retried in place), not as bad data."""
+    try:
+        return db().execute(sql, params)
+    except sqlite3.OperationalError as exc:
+        raise TransientError(f"external system busy: {exc}") from exc
+
+
 @registry.handler("crashy")
 def crashy(message: Message) -> None:
-    c = db()
-    call = c.execute(
+    call = execute(
         "INSERT INTO calls (message_id, seq, pid, started) VALUES (?, ?, ?, ?)",
-        (message.id, message.seq, os.getpid(), time.time()),
+        message.id, message.seq, os.getpid(), time.time(),
     ).lastrowid
     time.sleep(random.uniform(0, float(os.environ.get("CRASH_SLEEP", "0.004"))))
-    c.execute("INSERT OR IGNORE INTO effects (message_id, seq, n) VALUES (?, ?, ?)", (message.id, message.seq, message.payload["n"]))
-    c.execute("UPDATE calls SET ended = ? WHERE id = ?", (time.time(), call))
+    execute("INSERT OR IGNORE INTO effects (message_id, seq, n) VALUES (?, ?, ?)", message.id, message.seq, message.payload["n"])
+    execute("UPDATE calls SET ended = ? WHERE id = ?", time.time(), call)
 
 
 @registry.handler("blocker", on_interrupted=OnInterrupted.BLOCK)
@@ -60,9 +70,9 @@ def blocker(message: Message) -> None:
 @registry.handler("keyed")
 def keyed(message: Message) -> None:
     time.sleep(random.uniform(0, 0.003))
-    db().execute(
+    execute(
         "INSERT OR IGNORE INTO keyed_effects (message_id, key, i) VALUES (?, ?, ?)",
-        (message.id, message.payload["dossier_id"], message.payload["i"]),
+        message.id, message.payload["dossier_id"], message.payload["i"],
     )
 
 

@@ -90,13 +90,15 @@ def test_crash_sigkill_five_times_loses_nothing_reorders_nothing_applies_nothing
     calls = shared["query"]("SELECT message_id, COUNT(*) FROM calls GROUP BY message_id HAVING COUNT(*) > 1")
     docs, _ = backend.ledger.find(actor="crashy", limit=total + 10)
     interrupted = {d["_id"] for d in docs if any(a["outcome"] == "interrupted" for a in d["attempt_log"])}
+    # (or retried in place because the external system was briefly busy, see crash_handlers.execute)
+    retried = {d["_id"] for d in docs if any(a["outcome"] == "transient" for a in d["attempt_log"])}
     print(f"\n{kills} SIGKILLs: {len(effects)} effects, {len(calls)} messages called twice, {len(interrupted)} interrupted attempts")
     # nothing lost, nothing reordered: the external system saw every message once, in order
     assert [n for _, n in effects] == list(range(total))
     assert [s for s, _ in effects] == list(range(1, total + 1))
     assert all(d["status"] == "done" for d in docs) and len(docs) == total
     # a handler was called again only for a message whose attempt was cut off by a kill
-    assert {mid for mid, _ in calls} <= interrupted
+    assert {mid for mid, _ in calls} <= interrupted | retried
     assert kills == 5
 
 
@@ -177,7 +179,10 @@ def test_crash_sigkill_keeps_per_key_order_across_lanes(backend: Backend, shared
     for key, i in shared["query"]("SELECT key, i FROM keyed_effects ORDER BY id"):
         seen.setdefault(key, []).append(i)
     print(f"\n3 SIGKILLs over 3 lanes: {sum(map(len, seen.values()))} effects for {len(seen)} keys")
-    assert seen == {k: list(range(n)) for k, n in counters.items()}
+    wrong = {k for k, n in counters.items() if seen.get(k) != list(range(n))}
+    docs, _ = backend.ledger.find(actor="keyed", limit=1000)
+    detail = {k: [(d["seq"], d["status"], (d.get("last_error") or {}).get("type")) for d in docs if d.get("key") == k][:3] for k in wrong}
+    assert seen == {k: list(range(n)) for k, n in counters.items()}, (detail, backend.ledger.blocked_keys("keyed"))
 
 
 def test_crash_sigkill_during_a_replay_blocks_again_and_the_operator_can_act(backend: Backend, shared: dict) -> None:
