@@ -493,10 +493,10 @@ class ActorWorker:
         log.info("actor=%s key %r released", self.actor, key)
         return Outcome.DONE
 
-    def _renew(self, doc: dict[str, Any], force: bool = False) -> None:
+    def _renew(self, doc: dict[str, Any]) -> None:
         """Keep our claim on the message alive while we hold it (a third of the lease apart)."""
         now = time.monotonic()
-        if not force and now - self._lease_renewed < self.settings.claim_lease / 3:
+        if now - self._lease_renewed < self.settings.claim_lease / 3:
             return
         self._lease_renewed = now
         try:
