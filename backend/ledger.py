@@ -376,6 +376,33 @@ class Ledger:
             cur = db.messages.find(query, HIDDEN_FIELDS).sort([("created_at", order), ("seq", order)]).skip(max(0, skip)).limit(max(1, limit))
             return list(cur), total
 
+    def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        """Every message of one business event (one correlation id) across actors, oldest first."""
+        with self.store.op() as db:
+            cur = db.messages.find({"correlation_id": str(correlation_id)}, HIDDEN_FIELDS)
+            return list(cur.sort([("created_at", ASCENDING), ("actor", ASCENDING), ("seq", ASCENDING)]).limit(max(1, limit)))
+
+    def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every failed (unrepaired) message across actors, by actor then sequence number."""
+        with self.store.op() as db:
+            cur = db.messages.find({"status": Status.FAILED.value}, HIDDEN_FIELDS)
+            return list(cur.sort([("actor", ASCENDING), ("lane", ASCENDING), ("seq", ASCENDING)]).limit(max(1, limit)))
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """What is blocked right now: one entry per blocked actor (key None) and per blocked
+        ordering key: {actor, key, message_id, seq, since, error}."""
+        out: list[dict[str, Any]] = []
+        with self.store.op() as db:
+            for doc in db.actors.find({"blocked": {"$ne": None}}):
+                b = doc["blocked"]
+                out.append({"actor": doc["_id"], "key": None, "message_id": b["message_id"], "seq": b["seq"],
+                            "since": as_aware(b.get("since")), "error": b.get("error")})
+            for doc in db.keys.find({"blocked": {"$ne": None}}):
+                b = doc["blocked"]
+                out.append({"actor": doc["actor"], "key": doc["key"], "message_id": b["message_id"], "seq": b["seq"],
+                            "since": as_aware(b.get("since")), "error": b.get("error")})
+        return sorted(out, key=lambda b: (b["actor"], b["key"] or ""))
+
     def status_counts(self, actor: str | None = None) -> dict[str, dict[str, int]]:
         """{actor: {status: count}} for one actor or all."""
         match: dict[str, Any] = {} if actor is None else {"actor": actor}
