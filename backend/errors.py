@@ -53,9 +53,27 @@ class Conflict(FifoqError):
 
 
 class StoreError(FifoqError):
-    """The ledger (MongoDB) failed or is unreachable."""
+    """The ledger (MongoDB) failed or is unreachable. A write that raises this was not applied,
+    unless the error is an OutcomeUnknown."""
 
     http_status = 503
+
+
+class OutcomeUnknown(StoreError):
+    """A write was sent but its result is unknown (connection lost, timeout, primary stepped down,
+    write concern not satisfied in time): it may or may not have been applied. Every ledger write
+    is conditional, so the caller retries it or reads the document to find out."""
+
+
+class DuplicateKey(StoreError):
+    """A unique index refused a write (MongoDB error 11000). `failed` lists the positions of the
+    refused documents of an insert_many (empty for a single-document write)."""
+
+    http_status = 409
+
+    def __init__(self, message: str, failed: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed or []
 
 
 class BrokerUnavailable(FifoqError):

@@ -1,23 +1,45 @@
 """MongoDB access: the only module that imports pymongo (and mongomock, its embedded stand-in).
 
-Everything the project keeps (messages, actors, audit, users) goes through a `Store`. Callers use
-the pymongo collection API inside `with store.op():`, which translates driver errors into the
-project's errors and, for the embedded store, serialises operations: mongomock does not make
-`find_one_and_update` atomic across threads, a real MongoDB server does.
+Everything the project keeps (messages, lanes, actors, audit, users) goes through a `Store`.
+Callers use a small subset of pymongo's collection API on `store.col(name)` (or `with store.op()
+as db: db.<name>`), where
+
+- every call is one operation that is atomic on its own, as one MongoDB operation is on one
+  document; nothing spans two calls (no lock is held between them, on any backend), so the
+  ledger's correctness never rests on a lock the embedded store would give and MongoDB would not;
+- driver errors become the project's errors, deliberately: a unique index refusing a write is
+  `DuplicateKey` (also inside a `BulkWriteError`), a write whose fate is unknown (connection lost
+  after sending, timeout, primary stepped down, write concern not met) is `OutcomeUnknown`, and
+  everything else `StoreError`;
+- `find` reads its whole result in one pass (no cursor left open between calls).
+
+Three flavours share that code path:
+
+- MongoDB (`MONGODB_URL=mongodb://...`): pymongo with explicit options (see `mongo_client_options`);
+- the embedded store (empty `MONGODB_URL` or `mongomock://name`): mongomock, with a lock per call
+  (mongomock's find-and-modify is not atomic across threads, a server's is) and two O(1) lookups
+  mongomock lacks (see `_FastCollection`);
+- `MONGODB_URL=mongomock+mongodb://name` (`Store.mongomock_as_mongodb()`), for tests: plain
+  mongomock, with only the per-call lock, so its own unique indexes and error classes are what
+  the ledger meets, as on a server.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, Sequence
 
 import mongomock
 import pymongo
+from mongomock import collection as mongomock_collection
+from mongomock import filtering as mongomock_filtering
 from pymongo import errors as mongo_errors
 
-from backend.errors import StoreError
+from backend.errors import DuplicateKey, OutcomeUnknown, StoreError
 from backend.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -26,24 +48,144 @@ ASCENDING = pymongo.ASCENDING
 DESCENDING = pymongo.DESCENDING
 RETURN_AFTER = pymongo.ReturnDocument.AFTER
 RETURN_BEFORE = pymongo.ReturnDocument.BEFORE
+# The embedded store's O(1) lookups override two private methods of this exact release.
+MONGOMOCK_VERSION = "4.3.0"
+CLOCK_REFRESH_SECONDS = 60.0
+# mongomock behind the MongoDB code path: the tests' second ledger backend (see the docstring).
+MONGODB_PATH_SCHEME = "mongomock+mongodb://"
+
+__all__ = [
+    "ASCENDING", "DESCENDING", "RETURN_AFTER", "RETURN_BEFORE", "DuplicateKey", "OutcomeUnknown",
+    "Store", "StoreError", "Update", "mongo_client_options",
+]
 
 
-class DuplicateKey(StoreError):
-    """A unique index refused a write."""
+@dataclass(frozen=True)
+class Update:
+    """One conditional single-document update of a bulk write (`Collection.bulk_update`)."""
 
-    http_status = 409
+    filter: dict[str, Any]
+    update: dict[str, Any]
 
 
-def _install_id_lookup() -> None:
-    """mongomock scans every document for every query, which makes the per-message lookups of
-    the hot path (claim, complete, mark_queued: all by `_id`) O(n). Serve `_id` equality and
-    `_id: {$in: [...]}` filters from its id map instead; the rest of the filter still applies."""
-    collection_cls = mongomock.collection.Collection
-    if getattr(collection_cls, "_fifoq_id_lookup", False):
-        return
-    original = collection_cls._iter_documents
+def mongo_client_options(settings: Settings) -> dict[str, Any]:
+    """The MongoDB client options, set here rather than left to the URL (they win over it):
 
-    def _iter_documents(self: Any, filter: Any) -> Iterator[Any]:  # noqa: A002 - mongomock's name
+    - w=majority: a write is acknowledged once a majority of the replica set has it, so a
+      failover never rolls back a transition the ledger acted on;
+    - readConcernLevel=majority and readPreference=primary: decisions read what is durable, from
+      the node that takes the writes;
+    - retryWrites/retryReads: the driver retries once across a failover; every ledger write is
+      conditional, so a retried write that had been applied matches nothing the second time;
+    - timeoutMS (MONGODB_TIMEOUT_MS): one deadline per operation, server selection and write
+      concern included; past it the write's outcome is unknown (OutcomeUnknown).
+    """
+    timeout_ms = int(settings.mongodb_timeout_ms)
+    return {
+        "w": "majority",
+        "readConcernLevel": "majority",
+        "readPreference": "primary",
+        "retryWrites": True,
+        "retryReads": True,
+        "timeoutMS": timeout_ms,
+        "serverSelectionTimeoutMS": timeout_ms,
+        "tz_aware": True,
+        "appname": "fifoq",
+    }
+
+
+# -- error translation ---------------------------------------------------------------------------
+def _duplicate_positions(details: dict[str, Any]) -> list[int] | None:
+    """Positions refused by unique indexes, or None if any write error has another cause."""
+    errors = details.get("writeErrors") or []
+    if not errors or any(e.get("code") != 11000 for e in errors):
+        return None
+    return [int(e.get("index", 0)) for e in errors]
+
+
+def translate(exc: BaseException, *, write: bool) -> StoreError:
+    """Map one driver error to the project's error tree (see the module docstring)."""
+    if isinstance(exc, mongo_errors.BulkWriteError):
+        details = exc.details or {}
+        if details.get("writeConcernErrors"):
+            return OutcomeUnknown(f"ledger write concern not satisfied: {details['writeConcernErrors'][0].get('errmsg')}")
+        positions = _duplicate_positions(details)
+        if positions is not None:
+            return DuplicateKey(f"E11000 duplicate key ({len(positions)} of the batch)", positions)
+        first = (details.get("writeErrors") or [{}])[0]
+        return StoreError(f"ledger write refused: {first.get('code')} {first.get('errmsg')}")
+    if isinstance(exc, mongo_errors.DuplicateKeyError):
+        return DuplicateKey(str(exc))
+    if isinstance(exc, mongo_errors.ServerSelectionTimeoutError):
+        # Nothing was sent: no primary could be reached in time.
+        return StoreError(f"ledger unavailable (no primary): {exc}")
+    if isinstance(exc, (mongo_errors.WriteConcernError, mongo_errors.ConnectionFailure, mongo_errors.ExecutionTimeout)) or (
+        isinstance(exc, mongo_errors.PyMongoError) and exc.timeout
+    ):
+        if write:
+            return OutcomeUnknown(f"ledger write outcome unknown: {type(exc).__name__}: {exc}")
+        return StoreError(f"ledger unavailable: {type(exc).__name__}: {exc}")
+    return StoreError(f"ledger error: {type(exc).__name__}: {exc}")
+
+
+# -- fault injection (tests) ----------------------------------------------------------------------
+class ProcessCrash(BaseException):
+    """Raised by a FaultPlan to stand for the process dying: not an Exception, so no handler in
+    the code under test catches it; every later call through the same Store raises it too."""
+
+
+class FaultPlan:
+    """Counts the writes made through one Store and, at write number `at` (1-based), makes it
+    (a) raise before it is applied ("fail"), (b) raise after it was applied ("unknown"), or
+    (c) apply it, then kill the process ("crash"). `at=None` only counts.
+
+    The errors raised are pymongo's own, so the Store's translation is exercised too."""
+
+    MODES = ("fail", "unknown", "crash")
+
+    def __init__(self, at: int | None = None, mode: str = "fail", error: Callable[[], BaseException] | None = None) -> None:
+        if mode not in self.MODES:
+            raise ValueError(mode)
+        self.at, self.mode = at, mode
+        self.error = error or (lambda: mongo_errors.AutoReconnect("injected: connection closed"))
+        self.writes: list[str] = []
+        self.dead = False
+        self.hit = False
+        self._lock = threading.Lock()
+
+    def before(self, what: str) -> str | None:
+        """Called before a write; returns the mode to apply after it, if any."""
+        with self._lock:
+            if self.dead:
+                raise ProcessCrash(f"process already dead (before {what})")
+            self.writes.append(what)
+            if self.at is None or len(self.writes) != self.at:
+                return None
+            self.hit = True
+            if self.mode == "fail":
+                raise self.error()
+            if self.mode == "crash":
+                self.dead = True
+            return self.mode
+
+    def check_alive(self, what: str) -> None:
+        if self.dead:
+            raise ProcessCrash(f"process already dead ({what})")
+
+
+# -- the embedded store's O(1) lookups --------------------------------------------------------------
+class _FastCollection(mongomock_collection.Collection):  # type: ignore[misc]
+    """mongomock, with the two lookups the ledger's hot path needs made O(1).
+
+    mongomock scans (and copies) every document of a collection for every query, including a
+    lookup by `_id` and each unique-index check on insert. This subclass serves `_id` equality and
+    `_id: {$in: [...]}` filters from mongomock's id map, and checks unique indexes against a map
+    of the keys it has seen (verified against the stored document, so deletes and updates need no
+    hook). It overrides private methods of mongomock 4.3.0, which pyproject.toml pins exactly;
+    tests/test_store_contract.py fails if the installed version moves.
+    """
+
+    def _iter_documents(self, filter: Any) -> Iterator[Any]:  # noqa: A002 - mongomock's name
         ident = filter.get("_id") if isinstance(filter, dict) else None
         ids: list[Any] | None = None
         if isinstance(ident, str):
@@ -51,28 +193,193 @@ def _install_id_lookup() -> None:
         elif isinstance(ident, dict) and list(ident) == ["$in"] and all(isinstance(i, str) for i in ident["$in"]):
             ids = list(dict.fromkeys(ident["$in"]))
         if ids is None:
-            return original(self, filter)
+            return super()._iter_documents(filter)  # type: ignore[no-any-return]
         store = self._store
         docs = [store[i] for i in ids if i in store]
-        # The `_id` condition holds by construction; checking it again costs len(ids) comparisons
-        # per document (a batch's mark_queued: 300 x 300).
         rest = {k: v for k, v in filter.items() if k != "_id"}
-        return (d for d in docs if not rest or mongomock.filtering.filter_applies(rest, d))
+        return (d for d in docs if not rest or mongomock_filtering.filter_applies(rest, d))
 
-    collection_cls._iter_documents = _iter_documents
-    collection_cls._fifoq_id_lookup = True
+    def _ensure_uniques(self, new_data: Any) -> None:
+        seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.setdefault("_fifoq_unique", {})
+        store = self._store
+        for name, index in store.indexes.items():
+            if not index.get("unique") or name == "_id_":
+                continue
+            fields = [k for k, _ in index["key"]]
+            key = tuple(_dotted(new_data, f) for f in fields)
+            if index.get("sparse") and all(v is None for v in key):
+                continue
+            keys = seen.setdefault(name, {})
+            holder = keys.get(key)
+            if holder is not None and holder != new_data["_id"] and holder in store:
+                other = store[holder]
+                if tuple(_dotted(other, f) for f in fields) == key:
+                    raise mongo_errors.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+            keys[key] = new_data["_id"]
 
 
-_install_id_lookup()
+def _dotted(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return None
+        doc = doc[part]
+    return doc
+
+
+# -- one collection, one atomic call at a time -----------------------------------------------------
+class Cursor:
+    """The result of `find`: chain sort/skip/limit, then iterate; the query runs once, in one call."""
+
+    def __init__(self, col: "Collection", filter: dict[str, Any], projection: Any) -> None:  # noqa: A002
+        self._col, self._filter, self._projection = col, filter, projection
+        self._sort: list[tuple[str, int]] | None = None
+        self._skip = 0
+        self._limit = 0
+        self._rows: list[dict[str, Any]] | None = None
+
+    def sort(self, key: str | list[tuple[str, int]], direction: int | None = None) -> "Cursor":
+        self._sort = [(key, direction or ASCENDING)] if isinstance(key, str) else list(key)
+        return self
+
+    def skip(self, n: int) -> "Cursor":
+        self._skip = max(0, int(n))
+        return self
+
+    def limit(self, n: int) -> "Cursor":
+        self._limit = max(0, int(n))
+        return self
+
+    def _run(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            kwargs: dict[str, Any] = {"skip": self._skip, "limit": self._limit}
+            if self._sort:
+                kwargs["sort"] = self._sort
+            self._rows = self._col._call("find", False, lambda raw: list(raw.find(self._filter, self._projection, **kwargs)))
+        return self._rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._run())
+
+
+class Collection:
+    """A collection of a Store: pymongo's API subset the project uses, each call atomic and
+    translated. See the module docstring."""
+
+    def __init__(self, raw: Any, lock: threading.Lock | None, faults: FaultPlan | None) -> None:
+        self.raw = raw
+        self.name = raw.name
+        self._lock = lock
+        self._faults = faults
+
+    def _call(self, what: str, write: bool, fn: Callable[[Any], Any]) -> Any:
+        faults = self._faults
+        after = None
+        lock = self._lock
+        try:
+            if faults is not None:
+                if write:
+                    after = faults.before(f"{self.name}.{what}")
+                else:
+                    faults.check_alive(f"{self.name}.{what}")
+            if lock is not None:
+                with lock:
+                    result = fn(self.raw)
+            else:
+                result = fn(self.raw)
+        except mongo_errors.PyMongoError as exc:
+            raise translate(exc, write=write) from exc
+        if after == "unknown":
+            raise translate(mongo_errors.NetworkTimeout("injected: no answer after the write was applied"), write=True)
+        if after == "crash":
+            raise ProcessCrash(f"process died after {self.name}.{what}")
+        return result
+
+    # -- reads
+    def find_one(self, filter: dict[str, Any] | None = None, projection: Any = None, **kw: Any) -> dict[str, Any] | None:  # noqa: A002
+        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, projection, **kw))  # type: ignore[no-any-return]
+
+    def find(self, filter: dict[str, Any] | None = None, projection: Any = None) -> Cursor:  # noqa: A002
+        return Cursor(self, filter or {}, projection)
+
+    def count_documents(self, filter: dict[str, Any], **kw: Any) -> int:  # noqa: A002
+        return int(self._call("count_documents", False, lambda raw: raw.count_documents(filter, **kw)))
+
+    def aggregate(self, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._call("aggregate", False, lambda raw: list(raw.aggregate(pipeline)))  # type: ignore[no-any-return]
+
+    def index_information(self) -> dict[str, Any]:
+        return self._call("index_information", False, lambda raw: raw.index_information())  # type: ignore[no-any-return]
+
+    # -- writes
+    def insert_one(self, doc: dict[str, Any]) -> Any:
+        return self._call("insert_one", True, lambda raw: raw.insert_one(doc))
+
+    def insert_many(self, docs: Sequence[dict[str, Any]], ordered: bool = True) -> Any:
+        return self._call("insert_many", True, lambda raw: raw.insert_many(list(docs), ordered=ordered))
+
+    def update_one(self, filter: dict[str, Any], update: dict[str, Any], upsert: bool = False) -> Any:  # noqa: A002
+        return self._call("update_one", True, lambda raw: raw.update_one(filter, update, upsert=upsert))
+
+    def update_many(self, filter: dict[str, Any], update: dict[str, Any]) -> Any:  # noqa: A002
+        return self._call("update_many", True, lambda raw: raw.update_many(filter, update))
+
+    def find_one_and_update(self, filter: dict[str, Any], update: dict[str, Any], **kw: Any) -> dict[str, Any] | None:  # noqa: A002
+        return self._call("find_one_and_update", True, lambda raw: raw.find_one_and_update(filter, update, **kw))  # type: ignore[no-any-return]
+
+    def delete_one(self, filter: dict[str, Any]) -> Any:  # noqa: A002
+        return self._call("delete_one", True, lambda raw: raw.delete_one(filter))
+
+    def delete_many(self, filter: dict[str, Any]) -> Any:  # noqa: A002
+        return self._call("delete_many", True, lambda raw: raw.delete_many(filter))
+
+    def bulk_update(self, updates: Sequence[Update]) -> int:
+        """Several conditional updates, in order, in one round trip; returns how many documents
+        they modified in all (a server does not say which ones: read back when it matters).
+
+        On MongoDB one ordered bulk write; mongomock's bulk API does not accept pymongo's
+        operations, so there the updates run one by one within the same call."""
+        if not updates:
+            return 0
+
+        def run(raw: Any) -> int:
+            if isinstance(raw, mongomock_collection.Collection):
+                return sum(raw.update_one(u.filter, u.update).modified_count for u in updates)
+            result = raw.bulk_write([pymongo.UpdateOne(u.filter, u.update) for u in updates], ordered=True)
+            return int(result.modified_count)
+
+        return int(self._call("bulk_update", True, run))
+
+    def create_index(self, keys: list[tuple[str, int]], **kw: Any) -> str:
+        return self._call("create_index", False, lambda raw: raw.create_index(keys, **kw))  # type: ignore[no-any-return]
+
+    def drop_index(self, name: str) -> None:
+        self._call("drop_index", False, lambda raw: raw.drop_index(name))
+
+
+class _Database:
+    """`db.<name>` and `db[name]` give the Store's collections."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self.name = store.name
+        self.client = store.client
+
+    def __getattr__(self, name: str) -> Collection:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._store.col(name)
+
+    def __getitem__(self, name: str) -> Collection:
+        return self._store.col(name)
+
 
 @dataclass
 class _Embedded:
-    """One embedded client, shared by every Store opened on the same mongomock:// URL, with the
-    lock that serialises their operations and, per database, the taken (actor, lane, seq) keys."""
+    """One embedded client, shared by every Store opened on the same mongomock:// URL."""
 
     client: Any
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    seq_keys: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    collections: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 _EMBEDDED_CLIENTS: dict[str, _Embedded] = {}
@@ -80,72 +387,128 @@ _EMBEDDED_LOCK = threading.Lock()
 
 
 class Store:
-    """A MongoDB database (real or embedded) plus error translation."""
+    """A MongoDB database (real, embedded, or mongomock posing as a server). See the module
+    docstring. `faults` (tests) injects write failures and crashes into this Store's calls."""
 
-    def __init__(self, db: Any, *, embedded: bool, shared: _Embedded | None = None) -> None:
-        self.db = db
+    def __init__(self, client: Any, name: str, *, embedded: bool, lock: threading.Lock | None,
+                 shared: _Embedded | None = None, fast: bool = False, faults: FaultPlan | None = None) -> None:
+        self.client = client
+        self.name = name
         self.embedded = embedded
-        self._shared = shared if shared is not None else (_Embedded(db.client) if embedded else None)
-        self._lock = self._shared.lock if self._shared is not None else None
+        self.faults = faults
+        self._lock = lock
+        self._shared = shared
+        self._fast = fast
+        self._raw_db = client[name]
+        self._cols: dict[str, Collection] = {}
+        self._clock_offset = timedelta(0)
+        self._clock_read = float("-inf")
+        self.db = _Database(self)
 
     @classmethod
-    def open(cls, settings: Settings) -> "Store":
+    def open(cls, settings: Settings, faults: FaultPlan | None = None) -> "Store":
         """Connect to MONGODB_URL, or to the embedded store when it is empty or mongomock://."""
         url = settings.mongodb_url
+        if url.startswith(MONGODB_PATH_SCHEME):
+            return cls.mongomock_as_mongodb(url, settings.mongodb_db, faults)
         if not url or url.startswith("mongomock://"):
-            key = url or "mongomock://default"
-            with _EMBEDDED_LOCK:
-                shared = _EMBEDDED_CLIENTS.get(key)
-                if shared is None:
-                    shared = _EMBEDDED_CLIENTS[key] = _Embedded(mongomock.MongoClient())
-            return cls(shared.client[settings.mongodb_db], embedded=True, shared=shared)
+            shared = _embedded(url or "mongomock://default")
+            return cls(shared.client, settings.mongodb_db, embedded=True, lock=shared.lock, shared=shared, fast=True, faults=faults)
         log.info("connecting to MongoDB at %s", redact_url(url))
         try:
-            client = pymongo.MongoClient(
-                url, serverSelectionTimeoutMS=5000, w="majority", retryWrites=True, tz_aware=True
-            )
+            client = pymongo.MongoClient(url, **mongo_client_options(settings))
         except (mongo_errors.PyMongoError, ValueError) as exc:
             raise StoreError(f"cannot open MongoDB at {redact_url(url)}: {exc}") from exc
-        return cls(client[settings.mongodb_db], embedded=False)
+        return cls(client, settings.mongodb_db, embedded=False, lock=None, faults=faults)
+
+    @classmethod
+    def mongomock_as_mongodb(cls, key: str, name: str, faults: FaultPlan | None = None) -> "Store":
+        """Plain mongomock behind the MongoDB code path (tests): mongomock's own unique indexes and
+        pymongo's error classes, and a lock per call only (a server's single-operation atomicity)."""
+        shared = _embedded(f"mongodb-as:{key}")
+        return cls(shared.client, name, embedded=False, lock=shared.lock, shared=shared, fast=False, faults=faults)
+
+    def with_faults(self, faults: FaultPlan | None) -> "Store":
+        """The same database seen by another process (its own fault plan)."""
+        return Store(self.client, self.name, embedded=self.embedded, lock=self._lock, shared=self._shared,
+                     fast=self._fast, faults=faults)
+
+    def col(self, name: str) -> Collection:
+        col = self._cols.get(name)
+        if col is None:
+            col = self._cols[name] = Collection(self._raw_collection(name), self._lock, self.faults)
+        return col
+
+    def _raw_collection(self, name: str) -> Any:
+        if not self._fast or self._shared is None:
+            return self._raw_db[name]
+        # One _FastCollection per (database, collection), shared by every Store of this client so
+        # that the unique-key map it keeps sees every insert.
+        with _EMBEDDED_LOCK:
+            key = (self.name, name)
+            raw = self._shared.collections.get(key)
+            if raw is None:
+                raw = self._shared.collections[key] = _FastCollection(self._raw_db, name, _db_store=self._raw_db._store)
+            return raw
 
     @contextlib.contextmanager
-    def op(self) -> Iterator[Any]:
-        """Run store calls: yields the database; raises StoreError / DuplicateKey on failure."""
-        lock = self._lock
-        if lock is not None:
-            lock.acquire()
+    def op(self) -> Iterator[_Database]:
+        """Yields the database (`db.messages` ...). Each call inside is atomic on its own; nothing
+        is held across calls. Errors raised inside are translated like the calls' own."""
         try:
             yield self.db
-        except mongo_errors.DuplicateKeyError as exc:
-            raise DuplicateKey(str(exc)) from exc
         except mongo_errors.PyMongoError as exc:
-            raise StoreError(f"ledger unavailable: {exc}") from exc
-        finally:
-            if lock is not None:
-                lock.release()
+            raise translate(exc, write=True) from exc
 
-    def taken_seq_keys(self) -> set[tuple[str, int, int]]:
-        """Embedded store only, called under op(): the (actor, lane, seq) of every stored message.
+    # -- the database's clock ---------------------------------------------------------------
+    def now(self) -> datetime:
+        """The current time on the database's clock (millisecond precision, as BSON keeps).
 
-        mongomock checks a unique index by scanning the whole collection on each write; the ledger
-        keeps that rule itself with this set, built once per database and updated on insert."""
-        assert self._shared is not None, "only for the embedded store"
-        keys = self._shared.seq_keys.get(self.db.name)
-        if keys is None:
-            keys = self._shared.seq_keys[self.db.name] = {
-                (d["actor"], d.get("lane", 0), d["seq"]) for d in self.db.messages.find({}, {"actor": 1, "lane": 1, "seq": 1})
-            }
-        return keys
+        Leases are written and compared in this time, so connectors on hosts whose clocks differ
+        agree on when a lease ends. MongoDB's clock is read with `hello` every minute (half the
+        round trip corrected); the embedded store runs in this process, on its clock."""
+        if not self.embedded and self._shared is None:
+            mono = time.monotonic()
+            if mono - self._clock_read >= CLOCK_REFRESH_SECONDS:
+                self._read_clock()
+        now = datetime.now(timezone.utc) + self._clock_offset
+        return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
-    def ping(self) -> None:
-        """Raises StoreError when the database does not answer."""
-        with self.op() as db:
-            if not self.embedded:
-                db.client.admin.command("ping")
+    def _read_clock(self) -> None:
+        started = time.monotonic()
+        try:
+            hello = self._raw_db.command("hello")
+        except mongo_errors.PyMongoError as exc:  # keep the last offset; retry soon
+            log.warning("cannot read the database's clock: %s", exc)
+            self._clock_read = started - CLOCK_REFRESH_SECONDS + 5
+            return
+        rtt = time.monotonic() - started
+        server = hello.get("localTime")
+        if isinstance(server, datetime):
+            if server.tzinfo is None:
+                server = server.replace(tzinfo=timezone.utc)
+            self._clock_offset = server + timedelta(seconds=rtt / 2) - datetime.now(timezone.utc)
+        self._clock_read = started
 
     def drop(self) -> None:
         """Remove the whole database (tests and demo resets)."""
-        with self.op() as db:
-            db.client.drop_database(db.name)
-            if self._shared is not None:
-                self._shared.seq_keys.pop(db.name, None)
+        try:
+            self.client.drop_database(self.name)
+        except mongo_errors.PyMongoError as exc:
+            raise translate(exc, write=True) from exc
+        if self._shared is not None:
+            with _EMBEDDED_LOCK:
+                for key in [k for k in self._shared.collections if k[0] == self.name]:
+                    del self._shared.collections[key]
+
+
+def _embedded(key: str) -> _Embedded:
+    with _EMBEDDED_LOCK:
+        shared = _EMBEDDED_CLIENTS.get(key)
+        if shared is None:
+            shared = _EMBEDDED_CLIENTS[key] = _Embedded(mongomock.MongoClient(tz_aware=True))
+        return shared
+
+
+def installed_mongomock_version() -> str:
+    return str(getattr(mongomock, "__version__", "unknown"))
