@@ -52,7 +52,7 @@ class Backend:
             self.audit = AuditLog(self.store)
         self.subscriptions = subscriptions or Subscriptions()
         self.emitter = Emitter(settings, self.ledger, self.subscriptions)
-        self.operations = Operations(settings, self.ledger, self.audit, self.emitter.publisher)
+        self.operations = Operations(settings, self.ledger, self.audit)
         self._relay: Relay | None = None
         self._relay_stop = threading.Event()
 
@@ -63,8 +63,9 @@ class Backend:
     def declare(self) -> None:
         self.emitter.declare()
 
-    def emit_event(self, name: str, payload: Any, *, correlation_id: str | None = None) -> list[str]:
-        return self.emitter.emit_event(name, payload, correlation_id=correlation_id)
+    def emit_event(self, name: str, payload: Any, *, correlation_id: str | None = None,
+                   idempotency_key: str | None = None) -> list[str]:
+        return self.emitter.emit_event(name, payload, correlation_id=correlation_id, idempotency_key=idempotency_key)
 
     def emit_many(self, events: list[Event | tuple[str, Any]]) -> list[list[str]]:
         return self.emitter.emit_many(events)

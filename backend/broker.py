@@ -211,6 +211,7 @@ class Publisher:
         self._next_tag = 1
         self._outstanding: set[int] = set()
         self._start = 0  # index of the broker address tried first; moves on after each failure
+        self.refused: set[str] = set()  # actors whose queue the broker refused in the last publish
 
     # pika's BlockingChannel waits for each confirm in basic_publish. We put the underlying channel
     # in confirm mode ourselves so publishes are pipelined and confirms counted by delivery tag.
@@ -276,8 +277,10 @@ class Publisher:
             with bounded(self._conn, self.settings.confirm_timeout, f"declaring queue {name}"):
                 declare_actor_queue(self._ch, self.settings, actor, queue_type, lane)
         except (pex.AMQPError, OSError) as exc:
-            self._close_quietly(failed=True)
-            raise _translate(exc, f"declaring queue {name}") from exc
+            err = _translate(exc, f"declaring queue {name}")
+            # A refusal closed the channel only; anything else may be this node's fault.
+            self._close_quietly(failed=not isinstance(err, BrokerRefused))
+            raise err from exc
         self._declared.add(name)
         return name
 
@@ -298,9 +301,21 @@ class Publisher:
             self._open()
             tags: dict[int, str] = {}
             self._returned.clear()
+            self.refused = set()
+            queues: list[tuple[Envelope, str]] = []
+            for env in envelopes:
+                # Declared first, one actor at a time: a refusal (permissions, other arguments)
+                # holds back that actor's envelopes only.
+                if env.actor in self.refused:
+                    continue
+                try:
+                    queues.append((env, self._declare_locked(env.actor, queue_types.get(env.actor, self.settings.queue_type), env.lane)))
+                except BrokerRefused as exc:
+                    log.error("actor=%s publish held back: %s", env.actor, exc)
+                    self.refused.add(env.actor)
+                    self._open()
             try:
-                for env in envelopes:
-                    queue = self._declare_locked(env.actor, queue_types.get(env.actor, self.settings.queue_type), env.lane)
+                for env, queue in queues:
                     # Register the tag before sending: the confirm may be read during basic_publish.
                     tag = self._next_tag
                     self._next_tag += 1

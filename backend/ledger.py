@@ -1,8 +1,17 @@
-"""The ledger: every persisted message and every actor's state, in MongoDB.
+"""The ledger: every persisted message, every actor and every lane, in MongoDB.
 
-Each method is one single-document atomic operation (or a read), so a real replica set behaves
-like the embedded store: no multi-document transaction anywhere. Conditional updates (status,
-owner, version) make every transition safe under concurrent callers.
+Each method is one conditional single-document operation (or a read): no multi-document
+transaction, and no correctness decision that rests on two writes both happening. See
+docs/delivery.md for the data model, the transition table (backend/transitions.py) and the
+invariants.
+
+- A message's `_id` is "<actor>.<lane>.<seq>": its place in its lane is its identity, so the same
+  number can never be stored twice (a late emitter meets the gap's tombstone), and a worker reads
+  a range of its lane by id. `(actor, event_id)` is unique too: a retried emit stores nothing twice.
+- Whether an actor or a key is blocked is not stored beside the messages: it is derived from them
+  (the lane's first open message is failed; the key has an entry in its lane's custody).
+- Operator actions are one write of intent on the message (replay requested, cancelled); the
+  lane's worker carries them out.
 """
 from __future__ import annotations
 
@@ -12,9 +21,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
-from backend.errors import Conflict, UnknownActor, UnknownMessage
-from backend.store import ASCENDING, DESCENDING, RETURN_AFTER, RETURN_BEFORE, DuplicateKey, Store
-from backend.values import EDITABLE_STATUSES, FINAL_STATUSES, LANE_OPEN_STATUSES, ActorRunState, ErrorInfo, Status
+from backend import transitions as tr
+from backend.errors import Conflict, DuplicateKey, OutcomeUnknown, UnknownActor, UnknownMessage
+from backend.lanes import Lanes, Tally, lane_id
+from backend.ledger_views import LedgerViews
+from backend.store import ASCENDING, DESCENDING, RETURN_AFTER, Store, Update
+from backend.values import ActorRunState, ErrorInfo, Status
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +36,10 @@ ATTEMPT_LOG_SIZE = 50
 SEARCH_TEXT_CHARS = 4096
 HIDDEN_FIELDS = {"search": False}  # internal to the ledger: not part of a message as read
 GAP_EVENT = "(sequence gap)"
-CONTROL_EVENT = "(control)"
+SORTS = {
+    "newest": [("created_at", DESCENDING), ("_id", DESCENDING)],
+    "oldest": [("created_at", ASCENDING), ("_id", ASCENDING)],
+}
 
 
 def utcnow() -> datetime:
@@ -34,14 +49,24 @@ def utcnow() -> datetime:
 
 
 def as_aware(value: datetime | None) -> datetime | None:
-    """mongomock and pymongo without tz_aware return naive UTC datetimes."""
+    """pymongo without tz_aware returns naive UTC datetimes."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
 
 
-def new_message_id() -> str:
+def message_id(actor: str, lane: int, seq: int) -> str:
+    return f"{actor}.{int(lane)}.{int(seq)}"
+
+
+def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def scope_key(doc: dict[str, Any]) -> str:
+    """The ordering key a message waits on in a keyed lane; messages that came through a
+    subscription without a key share the key ""."""
+    return doc.get("key") or ""
 
 
 def run_state(actor_doc: dict[str, Any]) -> ActorRunState:
@@ -52,35 +77,34 @@ def run_state(actor_doc: dict[str, Any]) -> ActorRunState:
     return ActorRunState.RUNNING
 
 
-class Ledger:
-    """Messages and actors collections."""
+class Ledger(LedgerViews):
+    """Messages, actors and lanes."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.messages = store.col("messages")
+        self.actors_col = store.col("actors")
+        self.lanes = Lanes(store)
         self.ensure_indexes()
 
     # -- set-up ---------------------------------------------------------------------------
     def ensure_indexes(self) -> None:
-        with self.store.op() as db:
-            m = db.messages
-            # Unique on MongoDB. mongomock checks unique indexes by scanning the whole collection on
-            # every insert and update, so the embedded store enforces it in insert() instead,
-            # where its global lock makes check-then-insert atomic.
-            m.create_index(
-                [("actor", ASCENDING), ("lane", ASCENDING), ("seq", ASCENDING)],
-                unique=not self.store.embedded,
-                name="actor_lane_seq",
-            )
-            m.create_index([("actor", ASCENDING), ("key", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)], name="actor_key_status_seq")
-            db.keys.create_index([("actor", ASCENDING), ("lane", ASCENDING)], name="actor_lane")
-            m.create_index([("actor", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)], name="actor_status_seq")
-            m.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name="status_created")
-            m.create_index([("event", ASCENDING), ("created_at", DESCENDING)], name="event_created")
-            m.create_index([("correlation_id", ASCENDING)], name="correlation", sparse=True)
-            m.create_index([("actor", ASCENDING), ("created_at", DESCENDING)], name="actor_created")
-            # The console's per-minute charts (backend.metrics.ledger_activity) select by these.
-            m.create_index([("finished_at", ASCENDING)], name="finished", sparse=True)
-            m.create_index([("created_at", ASCENDING)], name="created")
+        """Every query the ledger runs has an index whose prefix is its filter then its sort
+        (tests/test_indexes.py checks each query against this list)."""
+        m = self.messages
+        m.create_index([("actor", ASCENDING), ("event_id", ASCENDING)], unique=True, name="actor_event")
+        m.create_index([("actor", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="actor_created")
+        m.create_index([("actor", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                       name="actor_status_created")
+        m.create_index([("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="status_created")
+        m.create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="created")
+        m.create_index([("correlation_id", ASCENDING), ("created_at", ASCENDING)], name="correlation", sparse=True)
+        m.create_index([("event", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="event_created")
+        self.lanes.ensure_indexes()
+
+    def now(self) -> datetime:
+        """The database's clock (leases are measured on it)."""
+        return self.store.now()
 
     # -- actors ---------------------------------------------------------------------------
     def register_actor(
@@ -93,110 +117,56 @@ class Ledger:
         description: str = "",
         lanes: int = 1,
     ) -> dict[str, Any]:
-        """Create the actor's state document on first sight; refresh its declaration after.
-
-        `lanes` (the number of queues of an actor with ordering keys) is fixed on first sight:
-        changing it would move keys to other lanes while their messages are in flight."""
+        """Create the actor's state document and lane documents on first sight; refresh its
+        declaration after. `lanes` is fixed on first sight: changing it would move keys to other
+        lanes while their messages are in flight."""
         now = utcnow()
-        with self.store.op() as db:
-            return db.actors.find_one_and_update(
-                {"_id": actor},
-                {
-                    "$set": {
-                        "schema": schema,
-                        "subscriptions": subscriptions,
-                        "description": description,
-                        "keyed": any(sub.get("ordering_key") for sub in subscriptions),
-                        "updated_at": now,
-                    },
-                    "$setOnInsert": {
-                        "last_seq": 0,
-                        "seqs": {},
-                        "lanes": max(1, int(lanes)),
-                        "queue_type": queue_type,
-                        "created_at": now,
-                        "paused": None,
-                        "blocked": None,
-                    },
-                },
-                upsert=True,
-                return_document=RETURN_AFTER,
-            )
+        keyed = any(sub.get("ordering_key") for sub in subscriptions)
+        doc = self.actors_col.find_one_and_update(
+            {"_id": actor},
+            {
+                "$set": {"schema": schema, "subscriptions": subscriptions, "description": description,
+                         "keyed": keyed, "updated_at": now},
+                "$setOnInsert": {"lanes": max(1, int(lanes)), "queue_type": queue_type, "created_at": now, "paused": None},
+            },
+            upsert=True,
+            return_document=RETURN_AFTER,
+        )
+        assert doc is not None
+        self.lanes.ensure(actor, int(doc["lanes"]), keyed, now)
+        return doc
 
-    def actor(self, actor: str) -> dict[str, Any]:
-        with self.store.op() as db:
-            doc = db.actors.find_one({"_id": actor})
+    def actor_doc(self, actor: str) -> dict[str, Any]:
+        """The actor's stored document (declaration, pause), without derived state."""
+        doc = self.actors_col.find_one({"_id": actor})
         if doc is None:
             raise UnknownActor(f"unknown actor {actor!r}")
         return doc
 
-    def actors(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def actor_docs(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {} if names is None else {"_id": {"$in": list(names)}}
-        with self.store.op() as db:
-            return list(db.actors.find(query).sort("_id", ASCENDING))
-
-    def allocate(self, actor: str, count: int = 1, lane: int = 0) -> int:
-        """Reserve `count` consecutive sequence numbers in one lane; returns the first one."""
-        with self.store.op() as db:
-            doc = db.actors.find_one_and_update(
-                {"_id": actor},
-                {"$inc": {f"seqs.{int(lane)}": count, "last_seq": count}},
-                return_document=RETURN_AFTER,
-            )
-        if doc is None:
-            raise UnknownActor(f"unknown actor {actor!r}")
-        return int(doc["seqs"][str(int(lane))]) - count + 1
+        return list(self.actors_col.find(query).sort("_id", ASCENDING))
 
     def set_paused(self, actor: str, by: str, reason: str) -> bool:
         """Returns False when the actor was already paused (idempotent)."""
-        with self.store.op() as db:
-            res = db.actors.update_one(
-                {"_id": actor, "paused": None},
-                {"$set": {"paused": {"by": by, "reason": reason, "at": utcnow()}}},
-            )
-            if res.matched_count == 0 and db.actors.count_documents({"_id": actor}) == 0:
-                raise UnknownActor(f"unknown actor {actor!r}")
-        return res.modified_count == 1
+        res = self.actors_col.update_one(
+            {"_id": actor, "paused": None}, {"$set": {"paused": {"by": by, "reason": reason, "at": utcnow()}}}
+        )
+        if res.matched_count == 0:
+            self.actor_doc(actor)  # UnknownActor
+        return bool(res.modified_count == 1)
 
     def clear_paused(self, actor: str) -> bool:
-        with self.store.op() as db:
-            res = db.actors.update_one({"_id": actor, "paused": {"$ne": None}}, {"$set": {"paused": None}})
-            if res.matched_count == 0 and db.actors.count_documents({"_id": actor}) == 0:
-                raise UnknownActor(f"unknown actor {actor!r}")
-        return res.modified_count == 1
+        res = self.actors_col.update_one({"_id": actor, "paused": {"$ne": None}}, {"$set": {"paused": None}})
+        if res.matched_count == 0:
+            self.actor_doc(actor)
+        return bool(res.modified_count == 1)
 
-    def set_blocked(self, actor: str, message_id: str, seq: int, error: ErrorInfo) -> None:
-        """Block the actor on a message; blocking again on the same message keeps `since` and
-        records the newest error."""
-        with self.store.op() as db:
-            res = db.actors.update_one(
-                {"_id": actor, "blocked.message_id": message_id}, {"$set": {"blocked.error": error.to_doc()}}
-            )
-            if res.matched_count:
-                return
-            db.actors.update_one(
-                {"_id": actor},
-                {
-                    "$set": {
-                        "blocked": {
-                            "message_id": message_id,
-                            "seq": seq,
-                            "since": utcnow(),
-                            "error": error.to_doc(),
-                        }
-                    }
-                },
-            )
+    def allocate(self, actor: str, count: int = 1, lane: int = 0) -> int:
+        """Reserve `count` consecutive sequence numbers in one lane; returns the first one."""
+        return self.lanes.allocate(actor, lane, count, utcnow())
 
-    def clear_blocked(self, actor: str, message_id: str) -> bool:
-        """Unblock only if the actor is still blocked on that message."""
-        with self.store.op() as db:
-            res = db.actors.update_one(
-                {"_id": actor, "blocked.message_id": message_id}, {"$set": {"blocked": None}}
-            )
-        return res.modified_count == 1
-
-    # -- writing messages -------------------------------------------------------------------
+    # -- storing messages -------------------------------------------------------------------
     @staticmethod
     def new_message(
         actor: str,
@@ -206,16 +176,17 @@ class Ledger:
         correlation_id: str | None,
         lane: int = 0,
         key: str | None = None,
+        event_id: str | None = None,
     ) -> dict[str, Any]:
         now = utcnow()
         return {
-            "_id": new_message_id(),
+            "_id": message_id(actor, lane, seq),
             "actor": actor,
-            "seq": seq,
             "lane": lane,
+            "seq": seq,
             "key": key,
-            "control": None,
             "event": event,
+            "event_id": event_id or new_event_id(),
             "payload": payload,
             "search": search_text(payload, correlation_id),
             "correlation_id": correlation_id,
@@ -229,111 +200,96 @@ class Ledger:
             "replay_requested": None,
             "owner": None,
             "lease_until": None,
+            "gap": False,
             "created_at": now,
             "updated_at": now,
             "published_at": None,
             "started_at": None,
             "finished_at": None,
+            "settled_at": None,
         }
 
+    @staticmethod
+    def resequenced(doc: dict[str, Any], seq: int) -> dict[str, Any]:
+        """The same message under another sequence number of its lane (a late emitter's number
+        was closed as a gap meanwhile)."""
+        return dict(doc, seq=seq, _id=message_id(doc["actor"], doc["lane"], seq))
+
     def insert(self, docs: Sequence[dict[str, Any]]) -> None:
-        """Raises DuplicateKey if a sequence number was taken meanwhile (see tombstone_gap)."""
-        if not docs:
-            return
-        with self.store.op() as db:
-            if self.store.embedded:
-                taken = self.store.taken_seq_keys()
-                keys = [(d["actor"], d.get("lane", 0), d["seq"]) for d in docs]
-                clash = next((k for k in keys if k in taken), None)
-                if clash is not None or len(set(keys)) < len(keys):
-                    raise DuplicateKey(f"E11000 duplicate key: actor_lane_seq {clash}")
-                db.messages.insert_many(list(docs), ordered=True)
-                taken.update(keys)
-                return
-            db.messages.insert_many(list(docs), ordered=True)
+        """Store messages in order. Raises DuplicateKey (its `failed` lists the refused positions:
+        with an ordered insert, everything before the first one is stored, nothing after it) or
+        OutcomeUnknown (read back to learn what was stored)."""
+        if docs:
+            self.messages.insert_many(list(docs), ordered=True)
 
-    def mark_queued(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
+    def stored_events(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """{(actor, event_id): message} for those already stored (a retried emit)."""
+        pairs = list(pairs)
+        if not pairs:
+            return {}
+        actors = sorted({a for a, _ in pairs})
+        events = sorted({e for _, e in pairs})
+        wanted = set(pairs)
+        docs = self.messages.find({"actor": {"$in": actors}, "event_id": {"$in": events}},
+                                  {"_id": 1, "actor": 1, "event_id": 1, "event": 1, "lane": 1, "seq": 1, "status": 1})
+        return {(d["actor"], d["event_id"]): d for d in docs if (d["actor"], d["event_id"]) in wanted}
+
+    def close_gaps(self, actor: str, lane: int, seqs: Iterable[int], reason: str) -> list[int]:
+        """Store a cancelled tombstone at each number that was reserved and never stored. The
+        number is the tombstone's `_id`: if the real message landed first, the tombstone is
+        refused; a message that comes later is refused and its emitter takes a new number.
+        Returns the numbers closed now."""
+        seqs = sorted(set(int(s) for s in seqs))
+        if not seqs:
+            return []
         now = utcnow()
-        with self.store.op() as db:
-            res = db.messages.update_many(
-                {"_id": {"$in": list(ids)}, "status": Status.PENDING.value},
-                {"$set": {"status": Status.QUEUED.value, "published_at": now, "updated_at": now}},
-            )
-        return res.modified_count
+        docs = []
+        for seq in seqs:
+            doc = self.new_message(actor, seq, GAP_EVENT, None, None, lane, None, event_id=f"(gap).{lane}.{seq}")
+            doc.update(status=Status.CANCELLED.value, gap=True, finished_at=now, settled_at=now,
+                       cancelled={"by": "system", "reason": reason, "at": now})
+            docs.append(doc)
+        try:
+            self.messages.insert_many(docs, ordered=False)
+            closed = set(seqs)
+        except DuplicateKey as exc:
+            closed = set(seqs) - {docs[i]["seq"] for i in exc.failed}
+        except OutcomeUnknown:
+            closed = {d["seq"] for d in self.by_ids([d["_id"] for d in docs]) if d.get("gap")}
+        if closed:
+            log.warning("actor=%s lane=%d closed %d sequence gap(s) %s: %s", actor, lane, len(closed),
+                        _ranges(sorted(closed)), reason)
+        return sorted(closed)
 
-    def pending(self, *, created_before: datetime, limit: int = 500) -> list[dict[str, Any]]:
-        """Unpublished messages, oldest actor sequence first: what the relay must publish."""
-        with self.store.op() as db:
-            cur = (
-                db.messages.find({"status": Status.PENDING.value, "created_at": {"$lte": created_before}})
-                .sort([("actor", ASCENDING), ("seq", ASCENDING)])
-                .limit(limit)
-            )
-            return list(cur)
+    def mark_published(self, ids: Sequence[str]) -> None:
+        """Record the broker's confirms: `published_at` on every message (whatever it has become
+        meanwhile: a fast consumer may have run it already), and pending -> queued."""
+        if not ids:
+            return
+        now = utcnow()
+        ids = list(ids)
+        self.messages.update_many({"_id": {"$in": ids}, "published_at": None}, {"$set": {"published_at": now}})
+        self.messages.update_many({"_id": {"$in": ids}, **tr.status_filter("published")},
+                                  {"$set": {"status": Status.QUEUED.value, "updated_at": now}})
 
     # -- reading messages -------------------------------------------------------------------
     def message(self, message_id: str) -> dict[str, Any]:
         if not isinstance(message_id, str):
             raise UnknownMessage("message id must be a string")
-        with self.store.op() as db:
-            doc = db.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
+        doc = self.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
         if doc is None:
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
 
     def by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
-        with self.store.op() as db:
-            return list(db.messages.find({"_id": {"$in": list(ids)}}))
+        if not ids:
+            return []
+        return list(self.messages.find({"_id": {"$in": list(ids)}}, HIDDEN_FIELDS))
 
-    def first_open(self, actor: str, lane: int | None = None, *, keyed: bool = False) -> dict[str, Any] | None:
-        """The lowest-sequence message (of one lane, or of any) not settled yet.
-
-        For an actor with ordering keys, failed and held messages are in the ledger's custody
-        (they wait on their key, not on the lane), so only pending, queued and processing ones
-        count."""
-        query: dict[str, Any] = {"actor": actor}
-        if keyed:
-            query["status"] = {"$in": list(LANE_OPEN_STATUSES)}
-        else:
-            query["status"] = {"$nin": list(FINAL_STATUSES)}
-        if lane is not None:
-            query["lane"] = lane
-        with self.store.op() as db:
-            return db.messages.find_one(query, sort=[("seq", ASCENDING)])
-
-    def heads(self) -> dict[str, dict[str, Any]]:
-        """Every actor's lowest-sequence open message (across lanes: the oldest one waiting), in
-        one query; {actor: {_id, seq, created_at, status}}."""
-        with self.store.op() as db:
-            rows = db.messages.aggregate([
-                {"$match": {"status": {"$nin": list(FINAL_STATUSES)}}},
-                {"$sort": {"created_at": 1, "seq": 1}},
-                {"$group": {"_id": "$actor", "id": {"$first": "$_id"}, "seq": {"$first": "$seq"},
-                            "created_at": {"$first": "$created_at"}, "status": {"$first": "$status"}}},
-            ])
-            return {r["_id"]: {"_id": r["id"], "seq": r["seq"], "created_at": r["created_at"], "status": r["status"]} for r in rows}
-
-    def by_seq(self, actor: str, lo: int, hi: int, lane: int = 0) -> list[dict[str, Any]]:
-        """Messages of one lane with lo <= seq < hi, in order."""
-        with self.store.op() as db:
-            return list(
-                db.messages.find({"actor": actor, "lane": lane, "seq": {"$gte": lo, "$lt": hi}}).sort("seq", ASCENDING)
-            )
-
-    def count_below(self, actor: str, seq: int, lane: int = 0) -> int:
-        """How many messages of the lane have a sequence number below `seq` (settled or not)."""
-        with self.store.op() as db:
-            return db.messages.count_documents({"actor": actor, "lane": lane, "seq": {"$lt": seq}})
-
-    def last_settled_seq(self, actor: str, lane: int = 0, *, keyed: bool = False) -> int:
-        """Highest sequence number of the lane that the lane has moved past."""
-        query: dict[str, Any] = {"actor": actor, "lane": lane}
-        query["status"] = {"$nin": list(LANE_OPEN_STATUSES)} if keyed else {"$in": list(FINAL_STATUSES)}
-        with self.store.op() as db:
-            doc = db.messages.find_one(query, sort=[("seq", DESCENDING)])
-        return int(doc["seq"]) if doc else 0
+    def by_seqs(self, actor: str, lane: int, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """{seq: message} for the stored ones among `seqs` of one lane (one read, by id)."""
+        ids = [message_id(actor, lane, s) for s in seqs]
+        return {d["seq"]: d for d in self.by_ids(ids)}
 
     def find(
         self,
@@ -344,13 +300,19 @@ class Ledger:
         since: datetime | None = None,
         until: datetime | None = None,
         text: str | None = None,
+        correlation_id: str | None = None,
         skip: int = 0,
         limit: int = 50,
         newest_first: bool = False,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Filtered page of messages and the total count. Every filter is a plain string/date:
-        callers never pass raw query documents, so no operator can be injected."""
+        sort: str | None = None,
+        count: bool = True,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Filtered page of messages (oldest first unless `newest_first` or `sort`), and the total count (None when
+        `count=False`). Every filter is a plain string/date: callers never pass raw query
+        documents, so no operator can be injected."""
         query: dict[str, Any] = {}
+        if correlation_id is not None:
+            query["correlation_id"] = str(correlation_id)
         if actor is not None:
             query["actor"] = str(actor)
         if status is not None:
@@ -363,335 +325,297 @@ class Ledger:
                 query["created_at"]["$gte"] = since
             if until is not None:
                 query["created_at"]["$lt"] = until
-        with self.store.op() as db:
-            if text:
-                # Payload search: a literal (escaped) case-insensitive substring of the message's
-                # search text (keys and scalars of the payload, and its correlation id), or its id.
-                # The database evaluates it, with the other filters, on MongoDB as on the embedded
-                # store; operators in `text` are plain characters.
-                literal = re.escape(str(text))
-                query["$or"] = [{"search": {"$regex": literal, "$options": "i"}}, {"_id": str(text)}]
-            total = db.messages.count_documents(query)
-            order = DESCENDING if newest_first else ASCENDING
-            cur = db.messages.find(query, HIDDEN_FIELDS).sort([("created_at", order), ("seq", order)]).skip(max(0, skip)).limit(max(1, limit))
-            return list(cur), total
+        if text:
+            # Payload search: a literal (escaped) case-insensitive substring of the message's
+            # search text (keys and scalars of the payload, and its correlation id), or its id.
+            literal = re.escape(str(text))
+            query["$or"] = [{"search": {"$regex": literal, "$options": "i"}}, {"_id": str(text)}]
+        order = SORTS.get(sort or ("newest" if newest_first else "oldest"), SORTS["newest"])
+        total = self.messages.count_documents(query) if count else None
+        rows = list(self.messages.find(query, HIDDEN_FIELDS).sort(order).skip(max(0, skip)).limit(max(1, limit)))
+        return rows, total
 
     def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """Every message of one business event (one correlation id) across actors, oldest first."""
-        with self.store.op() as db:
-            cur = db.messages.find({"correlation_id": str(correlation_id)}, HIDDEN_FIELDS)
-            return list(cur.sort([("created_at", ASCENDING), ("actor", ASCENDING), ("seq", ASCENDING)]).limit(max(1, limit)))
-
-    def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Every failed (unrepaired) message across actors, by actor then sequence number."""
-        with self.store.op() as db:
-            cur = db.messages.find({"status": Status.FAILED.value}, HIDDEN_FIELDS)
-            return list(cur.sort([("actor", ASCENDING), ("lane", ASCENDING), ("seq", ASCENDING)]).limit(max(1, limit)))
-
-    def blocks(self) -> list[dict[str, Any]]:
-        """What is blocked right now: one entry per blocked actor (key None) and per blocked
-        ordering key: {actor, key, message_id, seq, since, error}."""
-        out: list[dict[str, Any]] = []
-        with self.store.op() as db:
-            for doc in db.actors.find({"blocked": {"$ne": None}}):
-                b = doc["blocked"]
-                out.append({"actor": doc["_id"], "key": None, "message_id": b["message_id"], "seq": b["seq"],
-                            "since": as_aware(b.get("since")), "error": b.get("error")})
-            for doc in db.keys.find({"blocked": {"$ne": None}}):
-                b = doc["blocked"]
-                out.append({"actor": doc["actor"], "key": doc["key"], "message_id": b["message_id"], "seq": b["seq"],
-                            "since": as_aware(b.get("since")), "error": b.get("error")})
-        return sorted(out, key=lambda b: (b["actor"], b["key"] or ""))
-
-    def status_counts(self, actor: str | None = None) -> dict[str, dict[str, int]]:
-        """{actor: {status: count}} for one actor or all."""
-        match: dict[str, Any] = {} if actor is None else {"actor": actor}
-        out: dict[str, dict[str, int]] = {}
-        with self.store.op() as db:
-            for row in db.messages.aggregate(
-                [{"$match": match}, {"$group": {"_id": {"a": "$actor", "s": "$status"}, "n": {"$sum": 1}}}]
-            ):
-                out.setdefault(row["_id"]["a"], {})[row["_id"]["s"]] = row["n"]
-        return out
-
-    def summaries(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
-        """(status_counts(), heads()) in one go, for the console's overview.
-
-        On MongoDB these are two aggregations the server evaluates. The embedded store (mongomock)
-        evaluates aggregation pipelines in Python at several times the cost of reading the same
-        four fields, so there one projected read feeds both, grouped here."""
-        if not self.store.embedded:
-            return self.status_counts(), self.heads()
-        counts: dict[str, dict[str, int]] = {}
-        heads: dict[str, dict[str, Any]] = {}
-        with self.store.op() as db:
-            for d in db.messages.find({}, {"actor": 1, "status": 1, "seq": 1, "created_at": 1}):
-                actor, status = d["actor"], d["status"]
-                per = counts.setdefault(actor, {})
-                per[status] = per.get(status, 0) + 1
-                if status in FINAL_STATUSES:
-                    continue
-                head = heads.get(actor)
-                if head is None or (d["created_at"], d["seq"]) < (head["created_at"], head["seq"]):
-                    heads[actor] = {"_id": d["_id"], "seq": d["seq"], "created_at": d["created_at"], "status": status}
-        return counts, heads
+        cur = self.messages.find({"correlation_id": str(correlation_id)}, HIDDEN_FIELDS)
+        return list(cur.sort([("correlation_id", ASCENDING), ("created_at", ASCENDING)]).limit(max(1, limit)))
 
     # -- processing transitions (the connector runtime) -------------------------------------
-    def claim(self, message_id: str, owner: str, lease_seconds: float) -> tuple[dict[str, Any], str] | None:
-        """Start an attempt, leased to `owner` for `lease_seconds` (renew_lease extends it).
+    def claim(self, doc: dict[str, Any], owner: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Start an attempt on `doc` (as the caller read it), leased to `owner` until the
+        database's clock passes now + lease. Returns the document as it now is (its `attempts` is
+        the attempt's fence), or None: the message changed meanwhile (settled, edited, claimed by
+        another owner whose lease is live): read it again and decide."""
+        now = self.now()
+        attempt = int(doc.get("attempts", 0)) + 1
+        fields = {"status": Status.PROCESSING.value, "owner": owner, "lease_until": now + timedelta(seconds=lease_seconds),
+                  "started_at": now, "updated_at": now, "claimed_from": doc["status"]}
+        flt = tr.claim_filter(doc, owner, now)
+        try:
+            res = self.messages.update_one(flt, {"$set": fields, "$inc": {"attempts": 1}})
+            if res.modified_count != 1:
+                return None
+        except OutcomeUnknown:
+            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            return after if tr.holds_attempt(after, owner, attempt) else None
+        return dict(doc, attempts=attempt, **fields)
 
-        Returns (document as it now is, status it had) or None if the message is not claimable:
-        done, cancelled, failed without a replay request, unknown, or processing under another
-        owner's live lease. A message left processing by an owner that stopped renewing (killed,
-        or cut off from the ledger) can be claimed again once its lease has expired, so two
-        replicas never run the same message at once, even when the broker has already handed
-        the queue to the standby."""
+    def renew(self, message_id: str, owner: str, attempt: int, lease_seconds: float) -> bool:
+        """Extend the lease of the attempt `owner` holds. False: the attempt is no longer ours."""
+        now = self.now()
+        res = self.messages.update_one(tr.attempt_filter(message_id, owner, attempt),
+                                       {"$set": {"lease_until": now + timedelta(seconds=lease_seconds)}})
+        return bool(res.matched_count == 1)
+
+    def _settle_update(self, doc: dict[str, Any], owner: str, status: Status, error: ErrorInfo | None) -> dict[str, Any]:
         now = utcnow()
-        processing = Status.PROCESSING.value
-        with self.store.op() as db:
-            before = db.messages.find_one_and_update(
-                {
-                    "_id": message_id,
-                    "$or": [
-                        {"status": {"$in": [Status.PENDING.value, Status.QUEUED.value, Status.HELD.value]}},
-                        {"status": Status.FAILED.value, "replay_requested": {"$ne": None}},
-                        {"status": processing, "owner": owner},
-                        {"status": processing, "lease_until": None},
-                        {"status": processing, "lease_until": {"$lt": now}},
-                    ],
-                },
-                {
-                    "$set": {
-                        "status": processing,
-                        "owner": owner,
-                        "lease_until": now + timedelta(seconds=lease_seconds),
-                        "started_at": now,
-                        "updated_at": now,
-                    },
-                    "$inc": {"attempts": 1},
-                },
-                return_document=RETURN_BEFORE,
-            )
-        if before is None:
-            return None
-        previous = before["status"]
-        doc = dict(before, status=processing, owner=owner, started_at=now, attempts=before["attempts"] + 1)
-        return doc, previous
-
-    def renew_lease(self, message_id: str, owner: str, lease_seconds: float) -> bool:
-        """Extend the lease of an attempt `owner` holds. False: the attempt is no longer ours."""
-        now = utcnow()
-        with self.store.op() as db:
-            res = db.messages.update_one(
-                {"_id": message_id, "status": Status.PROCESSING.value, "owner": owner},
-                {"$set": {"lease_until": now + timedelta(seconds=lease_seconds)}},
-            )
-        return res.modified_count == 1
-
-    def unclaim(self, message_id: str, owner: str) -> bool:
-        """Give an attempt back untouched (a control message the worker could not carry out yet)."""
-        now = utcnow()
-        with self.store.op() as db:
-            res = db.messages.update_one(
-                {"_id": message_id, "status": Status.PROCESSING.value, "owner": owner},
-                {"$set": {"status": Status.QUEUED.value, "owner": None, "lease_until": None, "updated_at": now}},
-            )
-        return res.modified_count == 1
-
-    def complete(self, doc: dict[str, Any], owner: str) -> bool:
-        return self._settle(doc, owner, Status.DONE, None)
-
-    def fail(self, doc: dict[str, Any], owner: str, error: ErrorInfo) -> bool:
-        return self._settle(doc, owner, Status.FAILED, error)
-
-    def _settle(self, doc: dict[str, Any], owner: str, status: Status, error: ErrorInfo | None) -> bool:
-        """End the attempt `owner` holds: done, or failed with its error. False if not held."""
-        now = utcnow()
-        fields: dict[str, Any] = {
-            "status": status.value,
-            "finished_at": now,
-            "updated_at": now,
-            "replay_requested": None,
-            "owner": None,
-            "lease_until": None,
-        }
+        fields: dict[str, Any] = {"status": status.value, "finished_at": now, "updated_at": now, "replay_requested": None,
+                                  "owner": None, "lease_until": None}
+        update: dict[str, Any] = {"$set": fields,
+                                  "$push": {"attempt_log": {"$each": [_attempt_entry(doc, now, status.value, error, owner)],
+                                                            "$slice": -ATTEMPT_LOG_SIZE}}}
         if error is not None:
-            fields["last_error"] = dict(error.to_doc(), at=now)
-        entry = _attempt_entry(doc, now, status.value, error)
-        with self.store.op() as db:
-            res = db.messages.update_one(
-                {"_id": doc["_id"], "status": Status.PROCESSING.value, "owner": owner},
-                {"$set": fields, "$push": {"attempt_log": {"$each": [entry], "$slice": -ATTEMPT_LOG_SIZE}}},
-            )
-        return res.modified_count == 1
+            fields["last_error"] = dict(error.to_doc(), at=now, fingerprint=error_fingerprint(error))
+            # Since when it blocks: its first failure (absent until then; BSON orders null first).
+            update["$min"] = {"failed_since": now}
+        else:
+            fields["settled_at"] = now
+            update["$unset"] = {"failed_since": ""}
+        return update
 
-    def note_attempt(self, doc: dict[str, Any], outcome: str, error: ErrorInfo | None) -> None:
+    def settle(self, doc: dict[str, Any], owner: str, error: ErrorInfo | None = None) -> bool:
+        """End the attempt `owner` holds on `doc` (doc["attempts"] is its fence): done, or failed
+        with `error`. Retried in place on an unknown outcome until the answer is known; True if it
+        landed, False if the attempt was not ours any more (taken over: never a success)."""
+        status = Status.FAILED if error is not None else Status.DONE
+        attempt = int(doc["attempts"])
+        update = self._settle_update(doc, owner, status, error)
+        while True:
+            try:
+                res = self.messages.update_one(tr.attempt_filter(doc["_id"], owner, attempt), update)
+                if res.modified_count == 1:
+                    return True
+            except OutcomeUnknown as exc:
+                log.warning("actor=%s message=%s settle outcome unknown (%s): reading it back", doc["actor"], doc["_id"], exc)
+            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            if tr.settled_by(after, owner, attempt, status.value):
+                return True
+            if not tr.holds_attempt(after, owner, attempt):
+                return False
+
+    def settle_and_claim(self, done: dict[str, Any], following: dict[str, Any], owner: str,
+                         lease_seconds: float) -> tuple[bool, dict[str, Any] | None]:
+        """`done`'s attempt succeeded: settle it and claim `following` (its lane's next message)
+        in one round trip (an ordered bulk write). Returns (settled, claimed document or None)."""
+        now = self.now()
+        attempt = int(done["attempts"])
+        claim_fields = {"status": Status.PROCESSING.value, "owner": owner, "lease_until": now + timedelta(seconds=lease_seconds),
+                        "started_at": now, "updated_at": now, "claimed_from": following["status"]}
+        updates = [
+            Update(tr.attempt_filter(done["_id"], owner, attempt), self._settle_update(done, owner, Status.DONE, None)),
+            Update(tr.claim_filter(following, owner, now), {"$set": claim_fields, "$inc": {"attempts": 1}}),
+        ]
+        try:
+            modified = self.messages.bulk_update(updates)
+        except OutcomeUnknown:
+            modified = -1
+        if modified == 2:
+            return True, dict(following, attempts=int(following.get("attempts", 0)) + 1, **claim_fields)
+        # Read both back to learn which landed.
+        docs = {d["_id"]: d for d in self.by_ids([done["_id"], following["_id"]])}
+        settled = tr.settled_by(docs.get(done["_id"]), owner, attempt, Status.DONE.value)
+        if not settled and tr.holds_attempt(docs.get(done["_id"]), owner, attempt):
+            settled = self.settle(done, owner)
+        nxt = docs.get(following["_id"])
+        claimed = nxt if tr.holds_attempt(nxt, owner, int(following.get("attempts", 0)) + 1) else None
+        return settled, claimed
+
+    def give_back(self, doc: dict[str, Any], owner: str) -> bool:
+        """Return an attempt not started (paused or stopping after the claim) untouched."""
+        back = doc.get("claimed_from") or Status.QUEUED.value
+        if back == Status.PROCESSING.value:
+            back = Status.QUEUED.value
+        try:
+            res = self.messages.update_one(tr.attempt_filter(doc["_id"], owner, int(doc["attempts"])),
+                                           {"$set": {"status": back, "owner": None, "lease_until": None, "updated_at": utcnow()},
+                                            "$inc": {"attempts": -1}})
+            return bool(res.modified_count == 1)
+        except OutcomeUnknown:
+            return False  # its lease ends it anyway
+
+    def note_attempt(self, doc: dict[str, Any], owner: str, outcome: str, error: ErrorInfo | None) -> None:
         """Record an attempt that did not settle the message (transient error, interruption)."""
         now = utcnow()
-        with self.store.op() as db:
-            db.messages.update_one(
-                {"_id": doc["_id"]},
-                {
-                    "$push": {"attempt_log": {"$each": [_attempt_entry(doc, now, outcome, error)], "$slice": -ATTEMPT_LOG_SIZE}},
-                    "$set": {"last_error": dict(error.to_doc(), at=now) if error else None, "updated_at": now},
-                },
-            )
-
-    def restart_attempt(self, doc: dict[str, Any], owner: str) -> dict[str, Any]:
-        """Count one more attempt of a message already held (transient retry)."""
-        now = utcnow()
-        with self.store.op() as db:
-            db.messages.update_one(
-                {"_id": doc["_id"], "owner": owner},
-                {"$inc": {"attempts": 1}, "$set": {"started_at": now, "updated_at": now}},
-            )
-        return dict(doc, attempts=doc["attempts"] + 1, started_at=now)
-
-    def tombstone_gap(self, actor: str, seq: int, lane: int = 0) -> bool:
-        """Close a sequence number that was allocated but never stored (its emitter died between
-        the two writes). The unique (actor, seq) index makes this race-free: if the real message
-        lands first the tombstone is refused, and an emitter that comes late gets DuplicateKey and
-        allocates again."""
-        doc = self.new_message(actor, seq, GAP_EVENT, None, None, lane)
-        now = utcnow()
-        doc.update(
-            status=Status.CANCELLED.value,
-            cancelled={"by": "system", "reason": "sequence number allocated but never stored", "at": now},
+        self.messages.update_one(
+            {"_id": doc["_id"], "owner": owner},
+            {"$push": {"attempt_log": {"$each": [_attempt_entry(doc, now, outcome, error, owner)], "$slice": -ATTEMPT_LOG_SIZE}},
+             "$set": {"last_error": dict(error.to_doc(), at=now) if error else None, "updated_at": now}},
         )
+
+    def restart_attempt(self, doc: dict[str, Any], owner: str) -> dict[str, Any] | None:
+        """One more attempt of a message we hold (transient retry): a new fence. None: lost it."""
+        attempt = int(doc["attempts"])
+        now = utcnow()
         try:
-            self.insert([doc])
-        except DuplicateKey:
-            return False
-        log.warning("actor=%s seq=%d closed a sequence gap with a tombstone", actor, seq)
-        return True
+            res = self.messages.update_one(tr.attempt_filter(doc["_id"], owner, attempt),
+                                           {"$inc": {"attempts": 1}, "$set": {"started_at": now, "updated_at": now}})
+            ok = res.modified_count == 1
+        except OutcomeUnknown:
+            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            ok = tr.holds_attempt(after, owner, attempt + 1)
+        return dict(doc, attempts=attempt + 1, started_at=now) if ok else None
+
+    def hold(self, doc: dict[str, Any]) -> None:
+        """Show a message as held behind its key (what holds it is its lane's custody)."""
+        try:
+            self.messages.update_one({"_id": doc["_id"], **tr.status_filter("hold")},
+                                     {"$set": {"status": Status.HELD.value, "updated_at": utcnow()}})
+        except OutcomeUnknown:
+            pass  # cosmetic: custody decides
+
+    # -- lanes: watermark, custody ------------------------------------------------------------
+    def lane(self, actor: str, lane: int = 0) -> dict[str, Any]:
+        return self.lanes.get(actor, lane)
+
+    def fold(self, lane_doc: dict[str, Any], to: int, passed: Sequence[dict[str, Any]], *,
+             custody: dict[str, Any] | None = None, key_blocked: str | None = None) -> dict[str, Any] | None:
+        """Move `lane_doc`'s watermark to `to`; `passed` are the messages between (final ones are
+        counted now; the one put in custody is counted when it leaves). See Lanes.advance."""
+        tally = Tally()
+        for doc in passed:
+            if custody is not None and doc["seq"] == custody["s"]:
+                continue
+            _count(tally, doc)
+        return self.lanes.advance(lane_doc, to, tally, custody=custody, key_blocked=key_blocked)
+
+    def release_custody(self, lane_doc_id: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """`doc` (settled) leaves its key's custody; counted once."""
+        tally = Tally()
+        _count(tally, doc)
+        return self.lanes.release(lane_doc_id, doc["seq"], tally)
 
     # -- operator transitions ---------------------------------------------------------------
-    def replace_payload(
-        self, doc: dict[str, Any], payload: Any, by: str, diff: str
-    ) -> dict[str, Any]:
+    def replace_payload(self, doc: dict[str, Any], payload: Any, by: str, diff: str) -> dict[str, Any]:
         """Compare-and-set on the version read by the caller. Raises Conflict if it changed."""
         now = utcnow()
         version = int(doc.get("version", 1))
         entry = {"version": version + 1, "by": by, "at": now, "previous": doc["payload"], "payload": payload, "diff": diff}
-        with self.store.op() as db:
-            after = db.messages.find_one_and_update(
-                {"_id": doc["_id"], "version": version, "status": {"$in": list(EDITABLE_STATUSES)}},
-                {"$set": {"payload": payload, "search": search_text(payload, doc.get("correlation_id")),
-                          "version": version + 1, "updated_at": now}, "$push": {"history": entry}},
-                return_document=RETURN_AFTER,
-            )
+        flt = {"_id": doc["_id"], "version": version, **tr.status_filter("edit")}
+        update = {"$set": {"payload": payload, "search": search_text(payload, doc.get("correlation_id")),
+                           "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
+        try:
+            after = self.messages.find_one_and_update(flt, update, projection=HIDDEN_FIELDS, return_document=RETURN_AFTER)
+        except OutcomeUnknown:
+            after = self.message(doc["_id"])
+            if not (after["version"] == version + 1 and after["history"] and after["history"][-1]["at"] == now):
+                after = None
         if after is None:
             raise Conflict(f"message {doc['_id']} changed meanwhile (now {self.message(doc['_id'])['status']}); reload and retry")
         return after
 
     def request_replay(self, message_id: str, by: str) -> dict[str, Any] | None:
-        """Returns the updated document, or None if no failed-and-not-yet-requested message matched."""
+        """The failed message's replay intent. Returns the updated document, or None if no
+        failed-and-not-yet-requested message matched (retrying after an unknown outcome is safe)."""
         now = utcnow()
-        with self.store.op() as db:
-            return db.messages.find_one_and_update(
-                {"_id": message_id, "status": Status.FAILED.value, "replay_requested": None},
-                {"$set": {"replay_requested": {"by": by, "at": now}, "updated_at": now}},
-                return_document=RETURN_AFTER,
-            )
+        return self.messages.find_one_and_update(
+            {"_id": message_id, **tr.status_filter("request_replay"), "replay_requested": None},
+            {"$set": {"replay_requested": {"by": by, "at": now}, "updated_at": now}},
+            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+        )
 
     def cancel(self, message_id: str, by: str, reason: str) -> dict[str, Any] | None:
+        """Turn a message that is not running into a tombstone. None if none matched."""
         now = utcnow()
-        with self.store.op() as db:
-            return db.messages.find_one_and_update(
-                {"_id": message_id, "status": {"$in": list(EDITABLE_STATUSES)}},
-                {
-                    "$set": {
-                        "status": Status.CANCELLED.value,
-                        "cancelled": {"by": by, "reason": reason, "at": now},
-                        "replay_requested": None,
-                        "updated_at": now,
-                        "finished_at": now,
-                    }
-                },
-                return_document=RETURN_AFTER,
-            )
+        return self.messages.find_one_and_update(
+            {"_id": message_id, **tr.status_filter("cancel")},
+            {"$set": {"status": Status.CANCELLED.value, "cancelled": {"by": by, "reason": reason, "at": now},
+                      "replay_requested": None, "updated_at": now, "finished_at": now, "settled_at": now}},
+            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+        )
 
-
-    # -- ordering keys ------------------------------------------------------------------------
-    @staticmethod
-    def key_id(actor: str, key: str) -> str:
-        return f"{actor}/{key}"
-
-    def hold(self, message_id: str) -> bool:
-        """Park a message behind its blocked ordering key (it leaves the broker, stays here)."""
-        with self.store.op() as db:
-            res = db.messages.update_one(
-                {"_id": message_id, "status": {"$in": [Status.PENDING.value, Status.QUEUED.value]}},
-                {"$set": {"status": Status.HELD.value, "updated_at": utcnow()}},
-            )
-        return res.modified_count == 1
-
-    def block_key(self, actor: str, key: str, lane: int, doc: dict[str, Any], error: ErrorInfo) -> None:
-        """Block one ordering key on a failed message; again on the same message keeps `since`."""
-        now = utcnow()
-        kid = self.key_id(actor, key)
-        with self.store.op() as db:
-            res = db.keys.update_one({"_id": kid, "blocked.message_id": doc["_id"]}, {"$set": {"blocked.error": error.to_doc()}})
-            if res.matched_count:
-                return
-            db.keys.update_one(
-                {"_id": kid},
-                {
-                    "$set": {
-                        "actor": actor,
-                        "key": key,
-                        "lane": lane,
-                        "blocked": {"message_id": doc["_id"], "seq": doc["seq"], "since": now, "error": error.to_doc()},
-                    }
-                },
-                upsert=True,
-            )
-
-    def unblock_key(self, actor: str, key: str) -> None:
-        with self.store.op() as db:
-            db.keys.delete_one({"_id": self.key_id(actor, key)})
-
-    def blocked_keys(self, actor: str, lane: int | None = None) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"actor": actor, "blocked": {"$ne": None}}
-        if lane is not None:
-            query["lane"] = lane
-        with self.store.op() as db:
-            return list(db.keys.find(query).sort("_id", ASCENDING))
-
-    def key_state(self, actor: str, key: str) -> dict[str, Any] | None:
-        with self.store.op() as db:
-            return db.keys.find_one({"_id": self.key_id(actor, key)})
-
-    def held(self, actor: str, key: str) -> list[dict[str, Any]]:
-        """Messages waiting behind a blocked key, in order."""
-        with self.store.op() as db:
-            return list(
-                db.messages.find({"actor": actor, "key": key, "status": Status.HELD.value}).sort("seq", ASCENDING)
-            )
-
-    def insert_control(self, actor: str, lane: int, key: str, action: str, message_id: str, by: str) -> dict[str, Any]:
-        """Queue an instruction for the lane's consumer, in the lane's own order: the consumer that
-        serves the lane is then the only one acting on its keys (no race between replicas)."""
-        for _ in range(5):
-            seq = self.allocate(actor, 1, lane)
-            doc = self.new_message(actor, seq, CONTROL_EVENT, None, None, lane, key)
-            doc["control"] = {"action": action, "message_id": message_id, "by": by}
-            try:
-                self.insert([doc])
-                return doc
-            except DuplicateKey:
+    # -- retention -------------------------------------------------------------------------
+    def sweep_lane(self, lane_doc: dict[str, Any], older_than: datetime, batch: int = 500) -> int:
+        """Remove the lane's settled messages that are at or below its watermark and settled
+        before `older_than`, walking up from its `floor`; returns how many. Cost: the messages
+        removed (plus one read), never the lane's history."""
+        floor, w = int(lane_doc.get("floor", 1)), int(lane_doc["w"])
+        if floor > w:
+            return 0
+        custody = {e["s"] for e in lane_doc.get("custody", [])}
+        hi = min(w, floor + batch - 1)
+        docs = self.by_seqs(lane_doc["actor"], lane_doc["lane"], range(floor, hi + 1))
+        removable, new_floor = [], floor
+        for seq in range(floor, hi + 1):
+            doc = docs.get(seq)
+            if doc is None:  # removed already (a sweep cut off before moving the floor)
+                new_floor = seq + 1
                 continue
-        raise Conflict("could not queue the instruction: sequence numbers kept being taken")
+            settled = as_aware(doc.get("settled_at") or doc.get("finished_at"))
+            if seq in custody or not tr.is_final(doc["status"]) or settled is None or settled >= older_than:
+                break
+            removable.append(doc["_id"])
+            new_floor = seq + 1
+        if removable:
+            self.messages.delete_many({"_id": {"$in": removable}, "status": {"$in": sorted(tr.FINAL)}})
+        if new_floor > floor:
+            self.lanes.retained_from(lane_doc["_id"], new_floor)
+        return len(removable)
 
 
-def _attempt_entry(doc: dict[str, Any], now: datetime, outcome: str, error: ErrorInfo | None) -> dict[str, Any]:
+def _count(tally: Tally, doc: dict[str, Any]) -> None:
+    """What one passed or released message adds to its lane's counters and activity."""
+    status = doc["status"]
+    for entry in doc.get("attempt_log") or []:
+        if entry.get("outcome") == Status.FAILED.value:
+            tally.at(as_aware(entry.get("finished_at")), "failed")
+    if doc.get("gap"):
+        tally.add("gaps")
+    elif status == Status.DONE.value:
+        tally.add("done")
+        tally.at(as_aware(doc.get("finished_at")), "done")
+    elif status == Status.CANCELLED.value:
+        tally.add("cancelled")
+        tally.at(as_aware(doc.get("finished_at")), "cancelled")
+
+
+def _attempt_entry(doc: dict[str, Any], now: datetime, outcome: str, error: ErrorInfo | None, owner: str) -> dict[str, Any]:
     return {
         "attempt": doc.get("attempts", 0),
+        "owner": owner,
         "started_at": doc.get("started_at"),
         "finished_at": now,
         "outcome": outcome,
         "error": error.to_doc() if error else None,
     }
+
+
+_NUMBERS = re.compile(r"\b(0x[0-9a-f]+|[0-9a-f]{16,}|\d+(\.\d+)?)\b", re.I)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+
+
+def error_fingerprint(error: ErrorInfo) -> str:
+    """What groups failures on the failures board: the exception type, its message with ids,
+    numbers and quoted values normalised, and the innermost frame of the traceback."""
+    message = _NUMBERS.sub("#", _QUOTED.sub("'…'", error.message))[:300]
+    frames = _FRAME.findall(error.traceback or "")
+    top = f"{frames[-1][0].rsplit('/', 1)[-1]}:{frames[-1][1]}" if frames else ""
+    return f"{error.type}: {message} @ {top}" if top else f"{error.type}: {message}"
+
+
+def _ranges(seqs: list[int]) -> str:
+    out, start, prev = [], None, None
+    for s in seqs:
+        if start is None:
+            start = prev = s
+        elif s == prev + 1:  # type: ignore[operator]
+            prev = s
+        else:
+            out.append(f"{start}-{prev}" if start != prev else str(start))
+            start = prev = s
+    if start is not None:
+        out.append(f"{start}-{prev}" if start != prev else str(start))
+    return ",".join(out)
 
 
 def search_text(payload: Any, correlation_id: str | None) -> str:
@@ -707,3 +631,7 @@ def _flatten(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(_flatten(v) for v in value)
     return "" if value is None else str(value)
+
+
+__all__ = ["Ledger", "lane_id", "message_id", "scope_key", "utcnow", "as_aware", "run_state", "GAP_EVENT",
+           "error_fingerprint", "search_text"]

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from backend.ledger import GAP_EVENT
-from backend.values import FINAL_STATUSES
+from backend.errors import DuplicateKey
+from backend.lanes import MINUTE_FORMAT
+
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ class _CountingLedger:
         self._metrics = metrics
 
     def insert(self, docs: Sequence[dict[str, Any]]) -> None:
-        self._ledger.insert(docs)
+        try:
+            self._ledger.insert(docs)
+        except DuplicateKey as exc:  # an ordered insert stored what came before the refusal
+            self._metrics.count_emitted(docs[: min(exc.failed)] if exc.failed else [])
+            raise
         self._metrics.count_emitted(docs)
 
     def __getattr__(self, name: str) -> Any:
@@ -112,55 +117,12 @@ def instrument_emitter(emitter: Any, metrics: PipelineMetrics) -> None:
 
 
 # -- activity per minute, read from the ledger (the console's charts) --------------------------
-MINUTE_FORMAT = "%Y-%m-%dT%H:%M"
-
-
-def _minute_key(field: str) -> dict[str, Any]:
-    return {"$dateToString": {"format": MINUTE_FORMAT, "date": field}}
-
-
 def ledger_activity(ledger: Any, since: datetime) -> dict[str, dict[str, dict[str, int]]] | None:
     """Per actor and per minute since `since`: handler attempts done and failed, messages created
-    and messages settled (done or cancelled), from the ledger's own timestamps.
-
-    Returns {"done"|"failed"|"created"|"settled": {actor: {"YYYY-MM-DDTHH:MM": n}}}, or None when
-    the ledger is a proxy to another process (embedded://, development) that cannot aggregate.
-
-    Attempts come from each message's attempt_log, so a failure later fixed by a replay still
-    counts at the minute it happened. Three aggregations over the messages touched since `since`;
-    on MongoDB an index on finished_at and one on created_at keep them off a collection scan.
-    """
-    store = getattr(ledger, "store", None)
-    if store is None or not hasattr(store, "op"):
+    and messages settled (done or cancelled): {"done"|"failed"|"created"|"settled": {actor:
+    {"YYYY-MM-DDTHH:MM": n}}}, from the lanes' counters (Ledger.activity: O(lanes), whatever
+    the number of messages stored). None when the ledger is a proxy that cannot provide it."""
+    activity = getattr(ledger, "activity", None)
+    if activity is None:
         return None
-    out: dict[str, dict[str, dict[str, int]]] = {"done": {}, "failed": {}, "created": {}, "settled": {}}
-
-    def add(kind: str, actor: str, minute: str, n: int) -> None:
-        per = out[kind].setdefault(actor, {})
-        per[minute] = per.get(minute, 0) + n
-
-    with store.op() as db:
-        attempts = db.messages.aggregate([
-            {"$match": {"finished_at": {"$gte": since}}},
-            {"$project": {"actor": 1, "attempt_log": 1}},
-            {"$unwind": "$attempt_log"},
-            {"$match": {"attempt_log.finished_at": {"$gte": since}, "attempt_log.outcome": {"$in": ["done", "failed"]}}},
-            {"$group": {"_id": {"a": "$actor", "o": "$attempt_log.outcome", "m": _minute_key("$attempt_log.finished_at")},
-                        "n": {"$sum": 1}}},
-        ])
-        for row in attempts:
-            add(row["_id"]["o"], row["_id"]["a"], row["_id"]["m"], row["n"])
-        settled = db.messages.aggregate([
-            {"$match": {"finished_at": {"$gte": since}, "status": {"$in": list(FINAL_STATUSES)}}},
-            {"$group": {"_id": {"a": "$actor", "m": _minute_key("$finished_at")}, "n": {"$sum": 1}}},
-        ])
-        for row in settled:
-            add("settled", row["_id"]["a"], row["_id"]["m"], row["n"])
-        # Gap tombstones are created cancelled, without finished_at: never open, so not counted.
-        created = db.messages.aggregate([
-            {"$match": {"created_at": {"$gte": since}, "event": {"$ne": GAP_EVENT}}},
-            {"$group": {"_id": {"a": "$actor", "m": _minute_key("$created_at")}, "n": {"$sum": 1}}},
-        ])
-        for row in created:
-            add("created", row["_id"]["a"], row["_id"]["m"], row["n"])
-    return out
+    return activity(since)  # type: ignore[no-any-return]

@@ -1,9 +1,11 @@
 """Operator actions: pause, resume, edit, replay, cancel. Used by the console and the CLI.
 
-Each action validates its input, changes the ledger with conditional single-document updates
-(safe under concurrent callers, idempotent when repeated) and writes an audit entry. Running
-connectors pick the change up from the ledger within FIFOQ_POLL_INTERVAL seconds, or when they
-start if they were down.
+Each action validates its input, makes one conditional single-document write of intent in the
+ledger (safe under concurrent callers; retrying it after any error converges: an action already
+carried out answers "already done") and writes an audit entry. The lane's connector carries it
+out: a blocked lane or key looks at its failed message every FIFOQ_POLL_INTERVAL seconds, and a
+connector that was down finds it when it starts. Nothing else has to reach the connector, so
+nothing can be lost on the way.
 """
 from __future__ import annotations
 
@@ -12,14 +14,14 @@ import json
 import logging
 from typing import Any
 
+from backend import transitions as tr
 from backend.audit import AuditEntry, AuditLog
-from backend.broker import Publisher
-from backend.errors import Conflict, FifoqError, SchemaViolation, ValidationError
-from backend.ledger import Ledger, run_state
+from backend.errors import Conflict, SchemaViolation, ValidationError
+from backend.ledger import Ledger
 from backend.payloads import normalise
 from backend.settings import Settings
 from backend.subscriptions import schema_errors, validate_actor_name
-from backend.values import EDITABLE_STATUSES, Envelope, QueueType, Status
+from backend.values import Status
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +50,10 @@ def payload_diff(old: Any, new: Any) -> str:
 
 
 class Operations:
-    def __init__(self, settings: Settings, ledger: Ledger, audit: AuditLog, publisher: Publisher | None = None) -> None:
+    def __init__(self, settings: Settings, ledger: Ledger, audit: AuditLog) -> None:
         self.settings = settings
         self.ledger = ledger
         self.audit = audit
-        self.publisher = publisher
-
-    def _wake_key(self, doc: dict[str, Any], action: str, by: str) -> None:
-        """For an actor with ordering keys: queue an instruction in the message's lane so that the
-        consumer serving that lane runs the replay or releases the key, in lane order. Published now
-        when the broker answers; otherwise the relay publishes it."""
-        if doc.get("key") is None:
-            return
-        key_state = self.ledger.key_state(doc["actor"], doc["key"])
-        if not key_state or (key_state.get("blocked") or {}).get("message_id") != doc["_id"]:
-            return
-        ctl = self.ledger.insert_control(doc["actor"], doc.get("lane", 0), doc["key"], action, doc["_id"], by)
-        if self.publisher is None:
-            return
-        env = Envelope(ctl["_id"], ctl["actor"], ctl["seq"], ctl["event"], ctl["lane"])
-        try:
-            qtype = QueueType(self.ledger.actor(doc["actor"]).get("queue_type", self.settings.queue_type.value))
-            if self.publisher.publish([env], {doc["actor"]: qtype}):
-                self.ledger.mark_queued([ctl["_id"]])
-        except FifoqError as exc:
-            log.warning("actor=%s message=%s instruction left to the relay: %s", doc["actor"], ctl["_id"], exc)
 
     # -- actors --------------------------------------------------------------------------
     def pause(self, actor: str, by: str, reason: str) -> dict[str, Any]:
@@ -101,14 +82,14 @@ class Operations:
         position). Validated against the actor's schema; the change is kept with its diff."""
         by = _text(by, "user", MAX_USER)
         doc = self.ledger.message(message_id)
-        if doc["status"] not in EDITABLE_STATUSES:
-            raise Conflict(f"message {message_id} is {doc['status']}: only pending, queued or failed messages can be edited")
+        if not tr.is_editable(doc["status"]):
+            raise Conflict(f"message {message_id} is {doc['status']}: only pending, queued, held or failed messages can be edited")
         if expected_version is not None and int(doc.get("version", 1)) != expected_version:
             raise Conflict(
                 f"message {message_id} is at version {doc.get('version', 1)}, not {expected_version}: reload and retry"
             )
         payload = normalise(payload, self.settings.max_payload_bytes)
-        schema = self.ledger.actor(doc["actor"]).get("schema")
+        schema = self.ledger.actor_doc(doc["actor"]).get("schema")
         errors = schema_errors(schema, payload)
         if errors:
             raise SchemaViolation(
@@ -133,11 +114,15 @@ class Operations:
         after = self.ledger.request_replay(message_id, by)
         if after is None:
             doc = self.ledger.message(message_id)
-            if doc["status"] == Status.FAILED.value and doc.get("replay_requested"):
+            requested = doc["status"] == Status.FAILED.value and doc.get("replay_requested")
+            # A replay already under way or carried out (this request's first try may have
+            # landed before its answer was lost): retrying converges instead of failing.
+            carried_out = doc["status"] in (Status.PROCESSING.value, Status.DONE.value) and any(
+                a.get("outcome") == Status.FAILED.value for a in doc.get("attempt_log") or [])
+            if requested or carried_out:
                 self.audit.record(AuditEntry(by, "replay", doc["actor"], message_id, changed=False))
-                return doc  # already requested: idempotent
+                return doc
             raise Conflict(f"message {message_id} is {doc['status']}: only a failed message can be replayed")
-        self._wake_key(after, "replay", by)
         self.audit.record(AuditEntry(by, "replay", doc["actor"], message_id, details={"version": after.get("version", 1)}))
         log.info("actor=%s message=%s replay requested by %s", doc["actor"], message_id, by)
         return after
@@ -153,15 +138,7 @@ class Operations:
             if doc["status"] == Status.CANCELLED.value:
                 self.audit.record(AuditEntry(by, "cancel", doc["actor"], message_id, changed=False))
                 return doc
-            raise Conflict(f"message {message_id} is {doc['status']}: only pending, queued or failed messages can be cancelled")
-        # Second document: if we stop between the two writes, the connector repairs it (it
-        # unblocks an actor whose blocking message is settled).
-        self.ledger.clear_blocked(doc["actor"], message_id)
-        self._wake_key(after, "release", by)
+            raise Conflict(f"message {message_id} is {doc['status']}: only pending, queued, held or failed messages can be cancelled")
         self.audit.record(AuditEntry(by, "cancel", doc["actor"], message_id, details={"reason": reason, "previous_status": doc["status"]}))
         log.info("actor=%s message=%s cancelled by %s: %s", doc["actor"], message_id, by, reason)
         return after
-
-    def actor_summary(self, actor: str) -> dict[str, Any]:
-        doc = self.ledger.actor(actor)
-        return dict(doc, state=run_state(doc).value)

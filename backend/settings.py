@@ -50,6 +50,18 @@ def _tls_files(env: Mapping[str, str], urls: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+MIN_RETENTION_SECONDS = 60.0
+
+
+def _retention(env: Mapping[str, str], name: str, default: float, num: object) -> float:
+    """0 keeps everything; otherwise at least MIN_RETENTION_SECONDS (a tombstone must outlive
+    any emitter that could still try its number)."""
+    value = num(name, default, float, 0.0)  # type: ignore[operator]
+    if 0 < value < MIN_RETENTION_SECONDS:
+        raise ConfigError(f"{name}={env.get(name)!r} must be 0 (keep everything) or at least {MIN_RETENTION_SECONDS:g} seconds")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     amqp_urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/%2F",)
@@ -76,6 +88,22 @@ class Settings:
     # the handler runs; a replica takes over a message left processing by a dead one only after
     # the lease expires, so this is also the longest a SIGKILL mid-handler delays the handover.
     claim_lease: float = 30.0
+    # How often an idle connector looks in the ledger for open messages the broker did not
+    # deliver (never published, or lost from the queue) and runs them.
+    sweep_interval: float = 30.0
+    # How often an idle connector process reads its actors' state (pause) in one query: a pause
+    # releases an idle queue within this, and a busy one within FIFOQ_POLL_INTERVAL.
+    idle_poll: float = 5.0
+    # A drain run (`--drain`) ends once no delivery came for this long and nothing is left in the
+    # ledger that it could run.
+    drain_idle: float = 0.3
+    # One deadline per MongoDB operation (pymongo's timeoutMS): past it a write's outcome is
+    # unknown and the ledger resolves it by reading back.
+    mongodb_timeout_ms: int = 10_000
+    # Settled messages older than this are removed (seconds; 0 keeps everything), and audit
+    # entries older than audit_retention.
+    retention: float = 7 * 24 * 3600.0
+    audit_retention: float = 365 * 24 * 3600.0
     # TLS (amqps:// URLs): the CA that signed the broker's certificate (the system's trust store
     # when empty) and an optional client certificate. Verification is always on: there is no
     # setting to turn it off.
@@ -118,8 +146,8 @@ class Settings:
         if declare_raw not in _BOOLEANS:
             raise ConfigError(f"FIFOQ_DECLARE={declare_raw!r} must be 1 or 0 (true/false, yes/no)")
         mongodb_url = env.get("MONGODB_URL", "").strip()
-        if mongodb_url and urlsplit(mongodb_url).scheme not in ("mongodb", "mongodb+srv", "mongomock", "embedded"):
-            raise ConfigError("MONGODB_URL must start with mongodb://, mongodb+srv://, mongomock:// or embedded://")
+        if mongodb_url and urlsplit(mongodb_url).scheme not in ("mongodb", "mongodb+srv", "mongomock", "mongomock+mongodb", "embedded"):
+            raise ConfigError("MONGODB_URL must start with mongodb://, mongodb+srv://, mongomock://, mongomock+mongodb:// or embedded://")
         prefix = env.get("FIFOQ_PREFIX", d.prefix)
         if not _PREFIX_RE.match(prefix):
             raise ConfigError(f"FIFOQ_PREFIX={prefix!r}: use lowercase letters, digits, '.', '_' or '-'")
@@ -153,6 +181,12 @@ class Settings:
             relay_min_age=num("FIFOQ_RELAY_MIN_AGE", d.relay_min_age, float, 0.0),
             lanes=int(num("FIFOQ_LANES", d.lanes, int, 1)),
             claim_lease=num("FIFOQ_CLAIM_LEASE_SECONDS", d.claim_lease, float, 1.0),
+            sweep_interval=num("FIFOQ_SWEEP_INTERVAL", d.sweep_interval, float, 1.0),
+            idle_poll=num("FIFOQ_IDLE_POLL_INTERVAL", d.idle_poll, float, 0.05),
+            drain_idle=num("FIFOQ_DRAIN_IDLE", d.drain_idle, float, 0.05),
+            mongodb_timeout_ms=int(num("MONGODB_TIMEOUT_MS", d.mongodb_timeout_ms, int, 100)),
+            retention=_retention(env, "FIFOQ_RETENTION", d.retention, num),
+            audit_retention=_retention(env, "FIFOQ_AUDIT_RETENTION", d.audit_retention, num),
             amqp_ca_file=tls["AMQP_CA_FILE"],
             amqp_cert_file=tls["AMQP_CERT_FILE"],
             amqp_key_file=tls["AMQP_KEY_FILE"],

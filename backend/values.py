@@ -20,7 +20,7 @@ class Status(str, Enum):
     PROCESSING = "processing"  # a handler attempt has started
     DONE = "done"
     FAILED = "failed"  # the handler failed: the actor (or its ordering key) is blocked on it
-    HELD = "held"  # ordering key blocked by an earlier failed message: waits in the ledger
+    HELD = "held"  # its ordering key has an earlier open message: waits in the key's custody
     CANCELLED = "cancelled"  # tombstone: never processed, kept for the record
 
     @property
@@ -28,9 +28,10 @@ class Status(str, Enum):
         return self in (Status.DONE, Status.CANCELLED)
 
 
+# The sets the state machine (backend/transitions.py) is written with.
 FINAL_STATUSES = (Status.DONE.value, Status.CANCELLED.value)
 EDITABLE_STATUSES = (Status.PENDING.value, Status.QUEUED.value, Status.FAILED.value, Status.HELD.value)
-LANE_OPEN_STATUSES = (Status.PENDING.value, Status.QUEUED.value, Status.PROCESSING.value)
+RUNNABLE_STATUSES = (Status.PENDING.value, Status.QUEUED.value, Status.HELD.value)
 
 
 class ActorRunState(str, Enum):
