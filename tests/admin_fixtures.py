@@ -123,6 +123,7 @@ def blocked(backend: Backend) -> Blocked:
     done = backend.emit_event("tour.booked", {"amount": 10, "customer": customer})
     failed = backend.emit_event("tour.booked", {"amount": -1, "customer": customer, "note": XSS})
     waiting = [backend.emit_event("tour.booked", {"amount": 20 + i, "customer": customer}) for i in range(3)]
+    backend.emitter.flush()  # publish confirms are recorded off emit's path: settle them before snapshots
 
     def pick(ids: list[str]) -> str:
         return next(i for i in ids if backend.ledger.message(i)["actor"] == "payment")

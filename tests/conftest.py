@@ -43,14 +43,39 @@ def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+# The ledger backends a test module runs on when it sets LEDGER_FLAVORS = ALL_FLAVORS: the
+# embedded store, mongomock behind the MongoDB code path (its own unique indexes and pymongo's
+# error classes, no embedded shortcuts), and a real MongoDB when MONGODB_TEST_URL is set (e.g.
+# the compose replica set: MONGODB_TEST_URL="mongodb://127.0.0.1:27017/?replicaSet=rs0").
+MONGODB_TEST_URL = os.environ.get("MONGODB_TEST_URL", "").strip()
+ALL_FLAVORS = ("embedded", "mongodb-path") + (("mongodb",) if MONGODB_TEST_URL else ())
+
+
+def ledger_url(flavor: str, prefix: str) -> str:
+    return {"embedded": f"mongomock://{prefix}", "mongodb-path": f"mongomock+mongodb://{prefix}",
+            "mongodb": MONGODB_TEST_URL}[flavor]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    flavors = getattr(metafunc.module, "LEDGER_FLAVORS", None)
+    if flavors and "ledger_flavor" in metafunc.fixturenames:
+        metafunc.parametrize("ledger_flavor", flavors)
+
+
 @pytest.fixture
-def settings(prefix: str) -> Iterator[Settings]:
+def ledger_flavor() -> str:
+    return "embedded"
+
+
+@pytest.fixture
+def settings(prefix: str, ledger_flavor: str) -> Iterator[Settings]:
     base = Settings.from_env({k: v for k, v in os.environ.items() if k.startswith(("AMQP_", "RABBITMQ_"))})
     s = base.with_(
         prefix=prefix,
-        mongodb_url=f"mongomock://{prefix}",
+        mongodb_url=ledger_url(ledger_flavor, prefix),
         mongodb_db=f"db_{prefix}",
         poll_interval=0.1,
+        idle_poll=0.5,
         confirm_timeout=5.0,
         transient_backoff=0.05,
         gap_grace=2.0,

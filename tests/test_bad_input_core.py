@@ -105,6 +105,7 @@ def test_bad_input_unknown_actor_and_message(declared: Backend) -> None:
 
 def test_bad_input_operations_need_a_user_and_a_reason(declared: Backend) -> None:
     mid = declared.emit_event("order.paid", {"amount": 1})[0]
+    declared.emitter.flush()
     with pytest.raises(ValidationError):
         declared.operations.pause("payment", "", "r")
     with pytest.raises(ValidationError):

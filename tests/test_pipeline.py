@@ -321,6 +321,7 @@ def test_pipeline_operations_are_idempotent_and_refuse_wrong_states(backend: Bac
     backend.subscriptions.subscribe("payment", "x")
     backend.declare()
     mid = backend.emit_event("x", {"i": 0})[0]
+    backend.emitter.flush()
     ops = backend.operations
     ops.pause("payment", "op", "r")
     ops.pause("payment", "op", "r")
@@ -347,6 +348,7 @@ def test_pipeline_edit_refused_by_schema_leaves_the_ledger_unchanged(backend: Ba
     backend.subscriptions.subscribe("payment", "x")
     backend.declare()
     mid = backend.emit_event("x", {"amount": 1})[0]
+    backend.emitter.flush()  # the publish confirm is recorded off the caller's path
     before = backend.ledger.message(mid)
     with pytest.raises(SchemaViolation) as err:
         backend.operations.edit(mid, {"amount": "ten"}, "op")

@@ -180,6 +180,7 @@ def test_security_pipeline_end_to_end_with_least_privilege_users(provisioned: Pr
         be.declare()
         for i in range(5):
             be.emit_event("order.paid", {"n": i})
+        be.emitter.flush()
         assert be.ledger.find(limit=100)[1] == 10
         assert all(m["status"] != "pending" for m in be.ledger.find(limit=100)[0]), "the broker confirmed every publish"
     finally:

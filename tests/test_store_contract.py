@@ -1,0 +1,275 @@
+"""The store and ledger contract, written once and run against every backend available: the
+embedded store, mongomock behind the MongoDB code path, and a real MongoDB when MONGODB_TEST_URL
+is set (see tests/conftest.py). What the ledger's correctness rests on is checked here: one call
+is atomic, unique indexes refuse with DuplicateKey (inside a bulk write too), a write whose fate is
+unknown says so, and the ledger's conditional transitions hold under concurrent callers."""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from pymongo import errors as mongo_errors
+
+from backend import transitions as tr
+from backend.errors import DuplicateKey, OutcomeUnknown, StoreError
+from backend.lanes import Tally
+from backend.ledger import Ledger
+from backend.settings import Settings
+from backend.store import MONGOMOCK_VERSION, FaultPlan, ProcessCrash, Store, installed_mongomock_version, translate
+from backend.values import ErrorInfo
+from tests.conftest import ALL_FLAVORS
+
+LEDGER_FLAVORS = ALL_FLAVORS
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(settings: Settings) -> Store:
+    return Store.open(settings)
+
+
+@pytest.fixture
+def ledger(store: Store) -> Ledger:
+    led = Ledger(store)
+    led.register_actor("payment", queue_type="quorum", schema=None, subscriptions=[{"events": ["x"]}])
+    led.register_actor("dossiers", queue_type="quorum", schema=None,
+                       subscriptions=[{"events": ["x"], "ordering_key": "k"}], lanes=2)
+    return led
+
+
+def _stored(ledger: Ledger, n: int, actor: str = "payment", lane: int = 0) -> list[dict]:
+    first = ledger.allocate(actor, n, lane)
+    docs = [ledger.new_message(actor, first + i, "x", {"i": i}, None, lane) for i in range(n)]
+    ledger.insert(docs)
+    return docs
+
+
+# -- the store ------------------------------------------------------------------------------------
+def test_store_contract_embedded_shortcuts_are_pinned_to_the_mongomock_they_were_written_for() -> None:
+    """The embedded store overrides two private methods of mongomock: the exact release is pinned
+    in pyproject.toml and installed; moving the pin must come with a review of the overrides."""
+    assert installed_mongomock_version() == MONGOMOCK_VERSION
+    assert re.search(rf'"mongomock=={re.escape(MONGOMOCK_VERSION)}"', (ROOT / "pyproject.toml").read_text())
+
+
+def test_store_contract_ordered_insert_stops_at_the_first_duplicate(store: Store) -> None:
+    col = store.col("c")
+    col.insert_many([{"_id": "a"}, {"_id": "c"}])
+    with pytest.raises(DuplicateKey) as exc:
+        col.insert_many([{"_id": "b"}, {"_id": "c"}, {"_id": "d"}], ordered=True)
+    assert exc.value.failed == [1]
+    assert sorted(d["_id"] for d in col.find({})) == ["a", "b", "c"]
+
+
+def test_store_contract_unordered_insert_stores_all_but_the_duplicates(store: Store) -> None:
+    col = store.col("c")
+    col.insert_many([{"_id": "a"}])
+    with pytest.raises(DuplicateKey) as exc:
+        col.insert_many([{"_id": "a"}, {"_id": "b"}, {"_id": "a"}], ordered=False)
+    assert exc.value.failed == [0, 2]
+    assert sorted(d["_id"] for d in col.find({})) == ["a", "b"]
+
+
+def test_store_contract_secondary_unique_index_refuses_and_a_delete_frees_the_key(store: Store) -> None:
+    col = store.col("c")
+    col.create_index([("actor", 1), ("event_id", 1)], unique=True, name="u")
+    col.insert_one({"_id": "1", "actor": "a", "event_id": "e"})
+    with pytest.raises(DuplicateKey):
+        col.insert_one({"_id": "2", "actor": "a", "event_id": "e"})
+    with pytest.raises(DuplicateKey):
+        col.insert_many([{"_id": "3", "actor": "b", "event_id": "e"}, {"_id": "4", "actor": "a", "event_id": "e"}])
+    col.insert_one({"_id": "5", "actor": "a", "event_id": "f"})  # another key is fine
+    col.delete_one({"_id": "1"})
+    col.insert_one({"_id": "6", "actor": "a", "event_id": "e"})  # the key was freed
+    assert sorted(d["_id"] for d in col.find({})) == ["3", "5", "6"]
+
+
+def test_store_contract_id_lookups_apply_the_rest_of_the_filter(store: Store) -> None:
+    col = store.col("c")
+    col.insert_many([{"_id": str(i), "v": i % 2} for i in range(6)])
+    assert col.find_one({"_id": "3", "v": 1})["_id"] == "3"
+    assert col.find_one({"_id": "3", "v": 0}) is None
+    assert sorted(d["_id"] for d in col.find({"_id": {"$in": ["1", "2", "3", "9"]}, "v": 1})) == ["1", "3"]
+    assert [d["_id"] for d in col.find({"v": 0}).sort("_id", -1).limit(2)] == ["4", "2"]
+
+
+def test_store_contract_one_call_is_atomic_under_concurrent_callers(store: Store) -> None:
+    """Twenty threads race to take one document with a conditional find-and-modify: exactly one
+    wins, as on a server (the embedded store's lock covers one call, never more)."""
+    col = store.col("c")
+    col.insert_one({"_id": "m", "owner": None})
+    winners: list[int] = []
+    start = threading.Barrier(20)
+
+    def take(i: int) -> None:
+        start.wait()
+        if col.find_one_and_update({"_id": "m", "owner": None}, {"$set": {"owner": i}}) is not None:
+            winners.append(i)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and col.find_one({"_id": "m"})["owner"] == winners[0]
+
+
+def test_store_contract_bulk_update_counts_what_it_modified(store: Store) -> None:
+    from backend.store import Update
+
+    col = store.col("c")
+    col.insert_many([{"_id": "a", "v": 0}, {"_id": "b", "v": 0}])
+    assert col.bulk_update([Update({"_id": "a", "v": 0}, {"$set": {"v": 1}}), Update({"_id": "b", "v": 9}, {"$set": {"v": 1}})]) == 1
+    assert [d["v"] for d in col.find({}).sort("_id", 1)] == [1, 0]
+
+
+# -- errors: what MongoDB raises is mapped on purpose --------------------------------------------
+@pytest.mark.parametrize(
+    ("error", "write", "expected"),
+    [
+        (mongo_errors.DuplicateKeyError("E11000", 11000), True, DuplicateKey),
+        (mongo_errors.BulkWriteError({"writeErrors": [{"index": 2, "code": 11000, "errmsg": "dup"}], "nInserted": 2}), True, DuplicateKey),
+        (mongo_errors.BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]}), True, OutcomeUnknown),
+        (mongo_errors.BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "validation"}]}), True, StoreError),
+        (mongo_errors.AutoReconnect("connection closed"), True, OutcomeUnknown),
+        (mongo_errors.NotPrimaryError("not primary"), True, OutcomeUnknown),
+        (mongo_errors.NetworkTimeout("timed out"), True, OutcomeUnknown),
+        (mongo_errors.WTimeoutError("waiting for replication timed out", 64), True, OutcomeUnknown),
+        (mongo_errors.ExecutionTimeout("operation exceeded time limit", 50), True, OutcomeUnknown),
+        (mongo_errors.ServerSelectionTimeoutError("no primary"), True, StoreError),
+        (mongo_errors.AutoReconnect("connection closed"), False, StoreError),
+        (mongo_errors.OperationFailure("bad query", 2), False, StoreError),
+    ],
+)
+def test_store_contract_driver_errors_map_to_the_projects_errors(error: Exception, write: bool, expected: type) -> None:
+    got = translate(error, write=write)
+    assert type(got) is expected
+    if isinstance(got, DuplicateKey) and isinstance(error, mongo_errors.BulkWriteError):
+        assert got.failed == [2]
+
+
+def test_store_contract_fault_plan_fails_applies_or_crashes_the_numbered_write(store: Store) -> None:
+    for mode, applied, raised in (("fail", False, StoreError), ("unknown", True, OutcomeUnknown), ("crash", True, ProcessCrash)):
+        plan = FaultPlan(at=2, mode=mode)
+        col = store.with_faults(plan).col(f"f_{mode}")
+        col.insert_one({"_id": "1"})
+        with pytest.raises(raised):
+            col.insert_one({"_id": "2"})
+        assert (store.col(f"f_{mode}").find_one({"_id": "2"}) is not None) is applied, mode
+        if mode == "crash":
+            with pytest.raises(ProcessCrash):
+                col.find_one({"_id": "1"})  # a dead process does nothing more
+
+
+# -- the ledger's transitions -----------------------------------------------------------------------
+def test_ledger_contract_the_same_number_or_event_is_never_stored_twice(ledger: Ledger) -> None:
+    [doc] = _stored(ledger, 1)
+    with pytest.raises(DuplicateKey):
+        ledger.insert([ledger.new_message("payment", doc["seq"], "x", {}, None)])  # same number
+    again = ledger.new_message("payment", ledger.allocate("payment"), "x", {}, None, event_id=doc["event_id"])
+    with pytest.raises(DuplicateKey):
+        ledger.insert([again])  # same event for the same subscriber
+    assert ledger.stored_events([("payment", doc["event_id"])])[("payment", doc["event_id"])]["_id"] == doc["_id"]
+
+
+def test_ledger_contract_one_claim_wins_and_its_attempt_number_fences_the_others(ledger: Ledger) -> None:
+    [doc] = _stored(ledger, 1)
+    results: list[dict | None] = []
+    start = threading.Barrier(8)
+
+    def claim(owner: str) -> None:
+        start.wait()
+        results.append(ledger.claim(doc, owner, 30))
+
+    threads = [threading.Thread(target=claim, args=(f"o{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [r for r in results if r is not None]
+    assert len(won) == 1
+    winner = won[0]
+    assert not ledger.settle(dict(winner, attempts=winner["attempts"] - 1), winner["owner"])  # stale fence
+    assert not ledger.settle(winner, "someone-else")
+    assert ledger.settle(winner, winner["owner"]) and ledger.message(doc["_id"])["status"] == "done"
+    assert ledger.settle(winner, winner["owner"])  # retried after it landed: known, not run again
+
+
+def test_ledger_contract_a_settle_whose_answer_is_lost_is_resolved_by_reading_back(store: Store, ledger: Ledger) -> None:
+    [doc] = _stored(ledger, 1)
+    held = ledger.claim(doc, "w", 30)
+    plan = FaultPlan(at=1, mode="unknown")  # the settle is applied, its answer lost
+    assert Ledger(store.with_faults(plan)).settle(held, "w", ErrorInfo("E", "boom"))
+    after = ledger.message(doc["_id"])
+    assert after["status"] == "failed" and len([a for a in after["attempt_log"] if a["outcome"] == "failed"]) == 1
+
+
+def test_ledger_contract_the_watermark_counts_each_message_once_under_concurrent_folds(ledger: Ledger) -> None:
+    docs = _stored(ledger, 10)
+    for d in docs:
+        held = ledger.claim(d, "w", 30)
+        ledger.settle(held, "w")
+    settled = ledger.by_ids([d["_id"] for d in docs])
+    lane = ledger.lane("payment")
+    start = threading.Barrier(6)
+
+    def fold() -> None:
+        start.wait()
+        ledger.fold(lane, 10, settled)
+
+    threads = [threading.Thread(target=fold) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = ledger.lane("payment")
+    assert after["w"] == 10 and after["counts"]["done"] == 10
+    assert ledger.status_counts("payment")["payment"] == {"done": 10}
+
+
+def test_ledger_contract_custody_takes_a_key_once_and_releases_it_once(ledger: Ledger) -> None:
+    [a1, a2] = _stored(ledger, 2, "dossiers", 1)
+    lane = ledger.lane("dossiers", 1)
+    after = ledger.fold(lane, 1, [], custody={"s": 1, "k": "A"})
+    assert after is not None and after["custody"] == [{"s": 1, "k": "A"}]
+    # a key that has no entry any more takes none (released meanwhile)
+    assert ledger.fold(after, 2, [], custody={"s": 2, "k": "B"}, key_blocked="B") is None
+    assert ledger.fold(after, 2, [], custody={"s": 2, "k": "A"}, key_blocked="A") is not None
+    cancelled = ledger.cancel(a1["_id"], "op", "wrong")
+    assert ledger.release_custody(lane["_id"], cancelled) is not None
+    assert ledger.release_custody(lane["_id"], cancelled) is None  # once
+    assert ledger.lane("dossiers", 1)["counts"]["cancelled"] == 1
+    assert [b["message_id"] for b in ledger.blocks("dossiers")] == [a2["_id"]]
+
+
+def test_ledger_contract_operator_intents_are_single_writes_that_converge(ledger: Ledger) -> None:
+    [doc] = _stored(ledger, 1)
+    held = ledger.claim(doc, "w", 30)
+    ledger.settle(held, "w", ErrorInfo("E", "boom"))
+    assert ledger.request_replay(doc["_id"], "op") is not None
+    assert ledger.request_replay(doc["_id"], "op") is None  # asked once
+    assert ledger.cancel(doc["_id"], "op", "no") is not None
+    assert ledger.cancel(doc["_id"], "op", "no") is None
+    assert tr.is_final(ledger.message(doc["_id"])["status"])
+
+
+def test_ledger_contract_gaps_close_once_and_a_late_message_is_refused(ledger: Ledger) -> None:
+    first = ledger.allocate("payment", 3)
+    assert ledger.close_gaps("payment", 0, [first, first + 1], "test") == [first, first + 1]
+    assert ledger.close_gaps("payment", 0, [first, first + 1], "test") == []
+    with pytest.raises(DuplicateKey):
+        ledger.insert([ledger.new_message("payment", first + 1, "x", {}, None)])
+    assert ledger.lanes.get("payment", 0)["next"] == first + 3  # nothing above the allocator
+
+
+def test_ledger_contract_counts_and_activity_come_from_the_fold_not_a_scan(ledger: Ledger) -> None:
+    docs = _stored(ledger, 3)
+    for d in docs:
+        ledger.settle(ledger.claim(d, "w", 30), "w")
+    tally = Tally()
+    tally.add("done", 3)
+    ledger.lanes.advance(ledger.lane("payment"), 3, tally)
+    assert ledger.status_counts("payment")["payment"] == {"done": 3}
+    assert sum(ledger.lane("payment")["activity"][m].get("created", 0) for m in ledger.lane("payment")["activity"]) == 3
