@@ -8,6 +8,13 @@
   var CM = window.FifoqCodeMirror;
   if (!CM) { return; }
   var parseLinter = CM.jsonParseLinter();
+  // The page's stylesheets do not reach into the shadow root: the editor's look is set here.
+  var THEME = CM.EditorView.theme({
+    "&": { maxHeight: "28rem", fontSize: "13px", backgroundColor: "#fff" },
+    ".cm-scroller": { overflow: "auto", fontFamily: "ui-monospace, SFMono-Regular, Menlo, monospace" },
+    ".cm-gutters": { backgroundColor: "#f1f3f5", color: "#6b7280", borderRight: "1px solid #d9dde3" },
+    "&.cm-focused": { outline: "2px solid #9aa3af" }
+  });
 
   // "Expected ',' or '}' after property value in JSON at position 25 (line 3 column 5)" -> the reason only.
   function reason(message) {
@@ -61,15 +68,19 @@
     var region = textarea.closest("[data-live-region]");
     var timer = null;
 
+    // In a shadow root: CodeMirror then styles itself with a constructed stylesheet (adopted by
+    // the shadow root) instead of inserting a <style> element, which the console's CSP forbids.
+    var shadow = host.attachShadow({ mode: "open" });
     var view = new CM.EditorView({
-      parent: host,
+      parent: shadow,
+      root: shadow,
       state: CM.EditorState.create({
         doc: initial,
         extensions: [
           CM.lineNumbers(), CM.highlightActiveLineGutter(), CM.highlightSpecialChars(), CM.history(), CM.foldGutter(),
           CM.drawSelection(), CM.indentOnInput(), CM.bracketMatching(), CM.closeBrackets(), CM.highlightActiveLine(),
           CM.highlightSelectionMatches(), CM.syntaxHighlighting(CM.defaultHighlightStyle, { fallback: true }),
-          CM.json(), CM.linter(parseLinter, { delay: 300 }), CM.lintGutter(),
+          CM.json(), CM.linter(parseLinter, { delay: 300 }), CM.lintGutter(), THEME,
           CM.keymap.of([].concat(CM.closeBracketsKeymap, CM.defaultKeymap, CM.searchKeymap, CM.historyKeymap,
                                  CM.foldKeymap, [CM.indentWithTab])),
           CM.EditorView.contentAttributes.of({ "aria-label": textarea.getAttribute("aria-label") || "JSON editor" }),
