@@ -42,7 +42,9 @@
       if (el.type === "hidden") { return false; }
       if (el.type === "checkbox" || el.type === "radio") { return el.checked !== el.defaultChecked; }
       if (el.tagName === "SELECT") {
-        return Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+        // Without a `selected` attribute the first option is the default.
+        var initial = Array.prototype.findIndex.call(el.options, function (o) { return o.defaultSelected; });
+        return el.selectedIndex !== Math.max(0, initial);
       }
       return el.value !== el.defaultValue;
     });
@@ -107,7 +109,9 @@
       .then(function (answer) {
         if (answer.status >= 500) { show("error", "live: " + (answer.data.ledger_error || answer.data.error || "console error")); }
         var digest = answer.status + ":" + JSON.stringify(stable(answer.data));
-        var changed = last !== null && digest !== last;
+        // The first answer is compared with the page itself: whatever changed between the page's
+        // rendering and this first poll (a replay that ran in between) would go unnoticed otherwise.
+        var changed = last === null || digest !== last;
         last = digest;
         return (changed ? refresh() : Promise.resolve()).then(function () {
           drain(answer.data || {});
