@@ -19,7 +19,7 @@ from backend.app import Backend
 from connectors.runtime import Runtime
 from tests.admin_fixtures import PASSWORD, Blocked, blocked, users  # noqa: F401  (fixtures)
 from tests.failure_fixtures import ADD_CURRENCY, Incident, incident  # noqa: F401  (fixture)
-from tests.helpers import wait_for
+from tests.helpers import set_json_editor, wait_for
 from tests.test_admin_browser import CHROMIUM, console_url  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
@@ -71,12 +71,6 @@ def _fits(page) -> None:
     assert overflow <= 1, f"main content overflows by {overflow}px at {page.width}px: {wide}"
 
 
-def _type_in_editor(page, host: str, text: str) -> None:
-    page.click(f"{host} .cm-content")
-    page.keyboard.press("Control+a")
-    page.keyboard.insert_text(text)
-
-
 def _group_fp(backend: Backend) -> str:
     from admin.failures import build_board
 
@@ -96,11 +90,11 @@ def test_failures_browser_one_patch_fixes_a_group_over_three_actors_and_refuses_
     card.get_by_role("link", name="Open the group").click()
     page.locator("#patch .cm-editor").wait_for()
     # The editor locates a syntax error, then accepts the patch.
-    _type_in_editor(page, "#patch", '[{"op": "add", "path": "/currency" "value": "EUR"}]')
+    set_json_editor(page, "#patch", '[{"op": "add", "path": "/currency" "value": "EUR"}]')
     status = page.locator("#patch .editor-status")
     wait_for(lambda: "Syntax error at line 1, column 36" in status.inner_text(), timeout=10,
              what=f"the syntax error (the editor says {status.inner_text()!r})")
-    _type_in_editor(page, "#patch", json.dumps(ADD_CURRENCY))
+    set_json_editor(page, "#patch", json.dumps(ADD_CURRENCY))
     page.click("#patch .editor-format")
     wait_for(lambda: "Valid JSON (7 lines)" in status.inner_text() and page.locator("#patch .cm-lint-marker-error").count() == 0,
              timeout=10, what="the formatted patch")
@@ -206,7 +200,7 @@ def test_failures_browser_pages_show_a_drain_without_reload(backend: Backend, bl
         assert "this message blocks payment" in page.locator("#message-live").inner_text()
         page.locator("#editor .cm-editor").wait_for()
         wait_for(lambda: page.locator("#live-indicator").get_attribute("data-state") == "on", timeout=10, what="live")
-        _type_in_editor(page, "#editor", json.dumps({"amount": 15, "customer": {"email": "a@example.com"}}, indent=2))
+        set_json_editor(page, "#editor", json.dumps({"amount": 15, "customer": {"email": "a@example.com"}}, indent=2))
         page.click("#save-and-replay")
         page.get_by_role("button", name="Save as version 2 and replay").click()
         assert "Saved as version 2 and replay requested" in page.locator(".flash").inner_text()

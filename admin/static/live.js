@@ -10,6 +10,8 @@
   var indicator = document.getElementById("live-indicator");
   if (!config || !indicator || !window.fetch || !window.DOMParser) { return; }
   var src = config.getAttribute("data-live-src");
+  // The page's own GET address: a page shown in answer to a form (a refused edit) names it.
+  var page = config.getAttribute("data-live-page") || window.location.href;
   var every = 1000 * (parseFloat(config.getAttribute("data-live-every")) || 2);
   var VOLATILE = /(_seconds|_rate|generated_at|csrf_token)$/;
   var last = null;
@@ -65,7 +67,7 @@
   }
 
   function refresh() {
-    return fetch(window.location.href, { credentials: "same-origin", headers: { "X-Fifoq-Live": "1" } })
+    return fetch(page, { credentials: "same-origin", headers: { "X-Fifoq-Live": "1" } })
       .then(function (resp) {
         // A 404 page still has its regions (a repaired group, an unknown trace): swap those too.
         if (!resp.ok && resp.status !== 404) { throw new Error("HTTP " + resp.status); }
@@ -133,6 +135,6 @@
       schedule(0);
     }
   });
-  show("on", "live");
+  show("starting", "live: connecting");
   schedule(0);
 })();
