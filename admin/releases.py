@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import uuid
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -270,7 +271,8 @@ class ReleaseDriver:
     request and starts it in a process that has none (after a fork, the parent's thread is gone)."""
 
     def __init__(self, plans: ReleasePlans, interval: float) -> None:
-        self.plans = plans
+        # Weak: the thread ends once its app is gone (tests build many apps in one process).
+        self._plans = weakref.ref(plans)
         self.interval = interval
         self.stop = threading.Event()
         self._pid: int | None = None
@@ -290,10 +292,14 @@ class ReleaseDriver:
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
+            plans = self._plans()
+            if plans is None:
+                return
             try:
-                self.plans.advance_due(self.owner)
+                plans.advance_due(self.owner)
             except Exception:  # the ledger may be down for a while: keep driving once it is back
                 log.exception("release driver %s: advancing the plans failed", self.owner)
+            del plans
 
 
 def init_app(app: Any, env: Any, store: Store) -> None:

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from admin.failures import build_board, fingerprint, handler_frame, normalise_message
 from admin.releases import ReleasePlans
 from backend.app import Backend
-from tests.admin_fixtures import (PASSWORD, app, csrf_app, csrf_token_from, login, operator, users,  # noqa: F401
+from tests.admin_fixtures import (app, csrf_app, csrf_token_from, login, operator, users,  # noqa: F401
                                   viewer)
 from tests.failure_fixtures import ADD_CURRENCY, Incident, book, incident  # noqa: F401  (fixture)
 
@@ -289,3 +289,36 @@ def test_failures_trace_follows_one_booking_across_three_actors(backend: Backend
     resp = viewer.get(f"/trace?correlation_id={mid}")
     assert resp.status_code == 302 and "correlation_id=B-0002" in resp.headers["Location"]
     assert viewer.get("/trace?correlation_id=%00bad").status_code == 400
+
+
+def test_failures_release_poll_setting_is_validated_and_zero_drives_nothing(backend: Backend, users) -> None:  # noqa: F811
+    import pytest
+
+    from backend.errors import ConfigError
+    from tests.admin_fixtures import make_app
+
+    for bad in ("soon", "-1", "61"):
+        with pytest.raises(ConfigError, match="ADMIN_RELEASE_POLL_SECONDS"):
+            make_app(backend, ADMIN_RELEASE_POLL_SECONDS=bad)
+    quiet = make_app(backend, ADMIN_RELEASE_POLL_SECONDS="0")
+    quiet.test_client().get("/login")
+    assert quiet.extensions["fifoq_release_driver"].owner == ""  # no driver thread in this process
+    busy = make_app(backend, ADMIN_RELEASE_POLL_SECONDS="0.5")
+    busy.test_client().get("/login")
+    assert busy.extensions["fifoq_release_driver"].owner  # started with the first request
+    busy.extensions["fifoq_release_driver"].stop.set()
+
+
+def test_failures_release_can_be_aborted_once(backend: Backend, incident: Incident, app, operator: FlaskClient,  # noqa: F811
+                                              viewer: FlaskClient) -> None:
+    fp = _group(operator)["fingerprint"]
+    plan_id = operator.post(f"/api/failures/{fp}/release", json={}).get_json()["_id"]
+    assert viewer.post(f"/api/releases/{plan_id}/abort", json={}).status_code == 403
+    resp = operator.post(f"/api/releases/{plan_id}/abort", json={})
+    assert resp.status_code == 200 and resp.get_json()["state"] == "aborted"
+    assert operator.post(f"/api/releases/{plan_id}/abort", json={}).status_code == 409
+    incident.run(backend)
+    app.extensions["fifoq_releases"].advance_due("test")
+    assert app.extensions["fifoq_releases"].get(plan_id)["state"] == "aborted"
+    assert operator.get("/api/releases").get_json()["items"][0]["_id"] == plan_id
+    assert operator.get("/api/releases/nope").status_code == 404
