@@ -87,6 +87,12 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     from admin import metrics  # noqa: E402  (/metrics, /api/alerts, /api/charts)
 
     metrics.init_app(app, env)
+    from admin import releases, repair_api, repair_views, trace  # noqa: E402  (failures board, releases, trace)
+
+    releases.init_app(app, env, app.extensions["fifoq_users"].store)
+    app.register_blueprint(repair_views.bp)
+    app.register_blueprint(repair_api.bp, url_prefix="/api")
+    app.register_blueprint(trace.bp)
     _register_filters(app)
     _register_errors(app)
     app.after_request(_security_headers)

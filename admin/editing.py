@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.app import Backend
-from backend.errors import ValidationError
+from backend.errors import Conflict, ValidationError
 from backend.operations import payload_diff
 from backend.payloads import normalise
 from backend.subscriptions import schema_errors
-from backend.values import EDITABLE_STATUSES
+from backend.values import EDITABLE_STATUSES, Status
 
 
 @dataclass
@@ -42,7 +42,7 @@ def preview_edit(backend: Backend, message_id: str, payload: Any) -> EditPreview
     doc = backend.ledger.message(message_id)
     preview = EditPreview(message=doc)
     if doc["status"] not in EDITABLE_STATUSES:
-        preview.errors = [{"path": "$", "message": f"the message is {doc['status']}: only pending, queued or failed messages can be edited"}]
+        preview.errors = [{"path": "$", "message": f"the message is {doc['status']}: only pending, queued, held or failed messages can be edited"}]
         return preview
     try:
         payload = normalise(payload, backend.settings.max_payload_bytes)
@@ -54,3 +54,16 @@ def preview_edit(backend: Backend, message_id: str, payload: Any) -> EditPreview
     preview.errors = [dict(e, actor=doc["actor"]) for e in schema_errors(schema, payload)]
     preview.diff = payload_diff(doc["payload"], payload)
     return preview
+
+
+def save_and_replay(backend: Backend, message_id: str, payload: Any, by: str, expected_version: int) -> dict[str, Any]:
+    """Save the payload (validated, at `expected_version`), then ask for the replay: one action.
+
+    Refused before anything is written when the message is not failed (only a failed message can be
+    replayed); when the edit is refused (SchemaViolation, Conflict on the version or the state)
+    nothing is replayed. An unchanged payload is replayed as it is."""
+    doc = backend.ledger.message(message_id)
+    if doc["status"] != Status.FAILED.value:
+        raise Conflict(f"message {message_id} is {doc['status']}: only a failed message can be saved and replayed")
+    backend.operations.edit(message_id, payload, by, expected_version=expected_version)
+    return backend.operations.replay(message_id, by)

@@ -11,7 +11,7 @@ from flask_login import current_user
 from admin import accounts
 from admin.auth import acting_user, require_role
 from admin.board import actor_detail, build_overview
-from admin.editing import preview_edit
+from admin.editing import preview_edit, save_and_replay
 from admin.params import message_filter, page_param, parse_json_text, pretty_json, text_filter
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import Role, UserStore
@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
 
 AUDIT_ACTIONS = ("pause", "resume", "edit", "replay", "cancel", "user.create", "user.role", "user.activate",
-                 "user.deactivate", "user.password", "token.create", "token.revoke", "login", "logout", "login.throttled")
+                 "user.deactivate", "user.password", "token.create", "token.revoke", "login", "logout", "login.throttled",
+                 # the failures board (admin.group_actions, admin.releases)
+                 "group.replay", "group.cancel", "group.patch", "release.start", "release.canary", "release.stop",
+                 "release.done", "release.abort")
 
 
 def backend() -> Backend:
@@ -129,28 +132,35 @@ def edit(message_id: str) -> Any:
         payload = parse_json_text(raw)
     except ValidationError as exc:
         return _message_page(message_id, editor_text=raw, errors=exc.details or [{"path": "$", "message": str(exc)}], status=400)
+    and_replay = request.form.get("and_replay") == "1"  # "Save and replay": one action, see save_and_replay
     if request.form.get("confirm") != "1":
         preview = preview_edit(backend(), message_id, payload)
         if not preview.valid:
             return _message_page(message_id, editor_text=raw, errors=preview.errors, status=422)
-        if not preview.diff:
+        if not preview.diff and not and_replay:
             flash("The payload is unchanged: nothing to save.", "info")
             return redirect(url_for("views.message", message_id=message_id))
         return render_template("confirm_edit.html", m=preview.message, preview=preview,
-                               payload_text=pretty_json(preview.payload))
+                               payload_text=pretty_json(preview.payload), and_replay=and_replay)
     try:
         expected = int(request.form.get("expected_version", ""))
     except ValueError:
         return _message_page(message_id, editor_text=raw, errors=[{"path": "$", "message": "expected_version is missing"}], status=400)
     try:
-        after = backend().operations.edit(message_id, payload, acting_user(), expected_version=expected)
+        if and_replay:
+            after = save_and_replay(backend(), message_id, payload, acting_user(), expected)
+        else:
+            after = backend().operations.edit(message_id, payload, acting_user(), expected_version=expected)
     except Conflict as exc:
-        flash(str(exc), "error")
+        flash(str(exc) + (" Nothing was replayed." if and_replay else ""), "error")
         return redirect(url_for("views.message", message_id=message_id))
     except ValidationError as exc:
         return _message_page(message_id, editor_text=raw, errors=exc.details or [{"path": "$", "message": str(exc)}],
                              status=exc.http_status)
-    flash(f"Saved as version {after.get('version', 1)}. Replay the message to run it again.", "info")
+    if and_replay:
+        flash(f"Saved as version {after.get('version', 1)} and replay requested: the connector runs it within a moment.", "info")
+    else:
+        flash(f"Saved as version {after.get('version', 1)}. Replay the message to run it again.", "info")
     return redirect(url_for("views.message", message_id=message_id))
 
 

@@ -49,3 +49,11 @@ def emit_around_a_gap(backend, actor: str = "payment", event: str = "x") -> None
     backend.emit_event(event, {"i": 0})
     backend.ledger.allocate(actor, 1)
     backend.emit_event(event, {"i": 2})
+
+
+def set_json_editor(page, scope: str, text: str) -> None:
+    """Replace the content of the console's JSON editor (CodeMirror, admin/static/editor.js) inside
+    `scope` as an operator would: select all, then paste (no auto-closed brackets on the way)."""
+    page.click(f"{scope} .cm-content")
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(text)

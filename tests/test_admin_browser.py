@@ -22,7 +22,7 @@ from backend.app import Backend
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.admin_fixtures import PASSWORD, Blocked, blocked, make_app, users  # noqa: F401  (fixtures)
-from tests.helpers import wait_for
+from tests.helpers import set_json_editor, wait_for
 
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
@@ -83,7 +83,7 @@ def test_admin_browser_fix_and_replay_a_blocked_actor(backend: Backend, blocked:
         row.wait_for()
         assert "ValueError" in row.inner_text()
         page.screenshot(path=str(shots / "admin-overview.png"), full_page=True)
-        row.get_by_role("link", name="payment").click()
+        row.get_by_role("link", name="payment", exact=True).click()
         # The actor page: blocked head, error, traceback.
         page.locator("#blocked").wait_for()
         assert "3 message(s) wait behind it" in page.locator("#blocked").inner_text()
@@ -93,19 +93,20 @@ def test_admin_browser_fix_and_replay_a_blocked_actor(backend: Backend, blocked:
         assert "<script>alert('pwned')</script>" in page.locator("#payload").inner_text()
         page.screenshot(path=str(shots / "admin-message.png"), full_page=True)
         # A schema-invalid edit is refused with its JSON path.
-        page.fill("textarea[name=payload]", json.dumps({"amount": "ten"}))
+        set_json_editor(page, "#editor", json.dumps({"amount": "ten"}))
         page.click("#editor button[type=submit]")
         assert "$.amount" in page.locator("#edit-errors").inner_text()
+        wait_for(lambda: page.locator("#live-indicator").get_attribute("data-state") == "on", timeout=10, what="the page to stay live")
         page.screenshot(path=str(shots / "admin-edit-refused.png"), full_page=True)
         # A valid edit: see the diff, confirm.
-        page.fill("textarea[name=payload]", json.dumps({"amount": 15, "customer": {"email": "a@example.com"}}, indent=2))
+        set_json_editor(page, "#editor", json.dumps({"amount": 15, "customer": {"email": "a@example.com"}}, indent=2))
         page.click("#editor button[type=submit]")
         assert "+  \"amount\": 15," in page.locator("#diff").inner_text()
         page.screenshot(path=str(shots / "admin-edit-diff.png"), full_page=True)
         page.get_by_role("button", name="Save as version 2").click()
         assert "Saved as version 2" in page.content()
         # Replay, then watch the actor drain in order.
-        page.get_by_role("button", name="Replay").click()
+        page.get_by_role("button", name="Replay", exact=True).click()
         assert "Replay requested" in page.content()
         page.goto(f"{console_url}/actors/payment")
 

@@ -21,7 +21,7 @@ from backend.app import Backend
 from connectors.runtime import Runtime
 from demo.scenarios import ACTORS, BAD_CURRENCY, Player, Scenario, declare
 from tests.admin_fixtures import PASSWORD, users  # noqa: F401  (fixture)
-from tests.helpers import wait_for
+from tests.helpers import set_json_editor, wait_for
 from tests.test_admin_browser import browser_page, console_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
@@ -75,7 +75,7 @@ def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, 
         page.screenshot(path=str(shots / "admin-demo-overview-blocked.png"), full_page=True)
 
         # ... opens payment, then its failed head message
-        row.get_by_role("link", name="payment").click()
+        row.get_by_role("link", name="payment", exact=True).click()
         page.locator("#blocked").wait_for(timeout=30_000)
         assert f"'{BAD_CURRENCY}'" in page.locator("#blocked").inner_text()
         page.locator("#blocked a").first.click()
@@ -86,7 +86,7 @@ def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, 
         editor = page.locator("textarea[name=payload]")
         fixed = dict(json.loads(editor.input_value()), currency="EUR")
         assert fixed == dict(payment_events[bad_index][1], currency="EUR")
-        editor.fill(json.dumps(fixed, indent=2))
+        set_json_editor(page, "#editor", json.dumps(fixed, indent=2))
         page.click("#editor button[type=submit]")
         diff = page.locator("#diff").inner_text()
         assert f'-  "currency": "{BAD_CURRENCY}"' in diff and '+  "currency": "EUR"' in diff
@@ -94,7 +94,7 @@ def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, 
         assert "Saved as version 2" in page.content()
 
         # ... and replays it
-        page.get_by_role("button", name="Replay").click()
+        page.get_by_role("button", name="Replay", exact=True).click()
         assert "Replay requested" in page.content()
 
         # Then the actor page shows payment running with nothing queued

@@ -350,7 +350,7 @@ def test_admin_views_edit_of_a_done_message_is_refused_visibly(operator: FlaskCl
     before = backend.ledger.message(blocked.done_id)
     resp = operator.post(f"/messages/{blocked.done_id}/edit", data={"payload": '{"amount": 1, "customer": {"email": "e"}}'})
     assert resp.status_code == 422
-    assert 'id="edit-errors"' in text(resp) and "only pending, queued or failed" in text(resp)
+    assert 'id="edit-errors"' in text(resp) and "only pending, queued, held or failed" in text(resp)
     assert backend.ledger.message(blocked.done_id) == before
 
 
