@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
-from admin import accounts
+from admin import accounts, timefmt
 from admin.auth import acting_user, require_role
 from admin.board import actor_detail, blocked_keys, build_overview
 from admin.editing import preview_edit
@@ -24,7 +24,6 @@ from admin.rabbitmq_api import RabbitAPI
 from admin.users import Role, UserStore
 from backend.app import Backend
 from backend.errors import ValidationError
-from backend.ledger import as_aware
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,9 @@ def user_store() -> UserStore:
 
 
 def plain(value: Any) -> Any:
-    """Ledger documents as JSON: datetimes in ISO 8601 (UTC), `_id` kept as `id` too."""
+    """Ledger documents as JSON: datetimes in ISO 8601 (UTC, `Z`: admin.timefmt), `_id` kept as `id` too."""
     if isinstance(value, datetime):
-        return as_aware(value).isoformat()
+        return timefmt.iso(value)
     if isinstance(value, dict):
         out = {str(k): plain(v) for k, v in value.items()}
         if "_id" in out and "id" not in out:

@@ -28,13 +28,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from admin import charts
+from admin import charts, timefmt
 from admin.alerts import AlertRules, Rule, evaluate
 from admin.auth import require_role
 from admin.board import Overview, build_overview
 from admin.users import Role
 from backend.errors import ConfigError, ValidationError
-from backend.ledger import as_aware
 from backend.values import Status
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ def alerts_api() -> Any:
     board = build_overview(current_app.extensions["fifoq"], current_app.extensions["fifoq_mgmt"])
     out = alerts_of(board)
     out["firing"] = [a.to_dict() for a in out["firing"]]
-    out["generated_at"] = as_aware(board.generated_at).isoformat()
+    out["generated_at"] = timefmt.iso(board.generated_at)
     return jsonify(out), 503 if board.ledger_error else 200
 
 

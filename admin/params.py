@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping
 
+from admin.timefmt import json_default
 from backend.errors import ValidationError
 from backend.ledger import as_aware
 from backend.values import Status
@@ -130,4 +131,5 @@ def parse_json_text(raw: Any, what: str = "payload") -> Any:
 
 
 def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    """Indented JSON for pages; a datetime (audit details, actor documents) in the console's ISO form."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=json_default)
