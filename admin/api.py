@@ -122,14 +122,20 @@ def consistency(name: str) -> Any:
 @bp.route("/actors/<name>/messages")
 @require_role(Role.VIEWER)
 def messages(name: str) -> Any:
-    """GET /api/actors/payment/messages?status=failed&event=tour.booked&since=2024-05-01&q=alice&page=2"""
+    """GET /api/actors/payment/messages?status=failed&event=tour.booked&since=2024-05-01&q=alice&sort=oldest&page=2
+
+    Newest first unless sort=oldest. Each item is the ledger document plus `run_seconds` (how long
+    the handler ran on the last attempt of a settled message) and `latency_seconds` (created to
+    finished)."""
     backend().ledger.actor(name)
     flt = message_filter(request.args)
     page = page_param(request.args)
     docs, total = backend().ledger.find(actor=name, status=flt.status, event=flt.event, since=flt.since,
-                                        until=flt.until, text=flt.text, skip=page.skip, limit=page.per_page)
-    return ok({"items": docs, "total": total, "page": page.number, "per_page": page.per_page,
-               "pages": page.count(total)})
+                                        until=flt.until, text=flt.text, skip=page.skip, limit=page.per_page,
+                                        newest_first=flt.newest_first)
+    items = [dict(d, run_seconds=timefmt.run_time(d), latency_seconds=timefmt.latency(d)) for d in docs]
+    return ok({"items": items, "total": total, "page": page.number, "per_page": page.per_page,
+               "pages": page.count(total), "sort": flt.sort})
 
 
 @bp.route("/actors/<name>/pause", methods=["POST"])

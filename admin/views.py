@@ -76,7 +76,7 @@ def actor(name: str) -> Any:
         return redirect(url_for("views.actor", name=name))
     docs, total = backend().ledger.find(
         actor=name, status=flt.status, event=flt.event, since=flt.since, until=flt.until, text=flt.text,
-        skip=page.skip, limit=page.per_page,
+        skip=page.skip, limit=page.per_page, newest_first=flt.newest_first,
     )
     return render_template("actor.html", a=detail, messages=docs, total=total, page=page, flt=flt,
                            pages=page.count(total))

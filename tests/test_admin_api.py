@@ -79,8 +79,8 @@ def test_admin_api_actor_detail_messages_and_consistency(viewer: FlaskClient, bl
     assert "Traceback" in data["blocked"]["error"]["traceback"]
     assert data["schema"]["required"] == ["amount", "customer"]
     page = viewer.get("/api/actors/payment/messages?per_page=2&page=1").get_json()
-    assert page["total"] == 5 and page["pages"] == 3 and [m["seq"] for m in page["items"]] == [1, 2]
-    page = viewer.get("/api/actors/payment/messages?status=queued").get_json()
+    assert page["total"] == 5 and page["pages"] == 3 and [m["seq"] for m in page["items"]] == [5, 4]  # newest first
+    page = viewer.get("/api/actors/payment/messages?status=queued&sort=oldest").get_json()
     assert [m["id"] for m in page["items"]] == blocked.waiting_ids
     page = viewer.get("/api/actors/payment/messages?q=pwned").get_json()
     assert [m["id"] for m in page["items"]] == [blocked.failed_id]
