@@ -19,3 +19,43 @@ document.addEventListener("submit", function (event) {
     input.value = "yes";
   }
 });
+
+// Tables of class "cards" become one card per row on a phone (console.css): each cell is labelled
+// with its column's heading, also in rows added later (pages that update themselves). Without
+// script, those tables scroll sideways in their own box like the others.
+(function () {
+  function label(table) {
+    var heads = [];
+    var row = table.tHead && table.tHead.rows[0];
+    if (!row) { return; }
+    for (var i = 0; i < row.cells.length; i++) {
+      for (var n = 0; n < (row.cells[i].colSpan || 1); n++) { heads.push(row.cells[i].textContent.trim()); }
+    }
+    for (var b = 0; b < table.tBodies.length; b++) {
+      var rows = table.tBodies[b].rows;
+      for (var r = 0; r < rows.length; r++) {
+        var col = 0;
+        for (var c = 0; c < rows[r].cells.length; c++) {
+          var cell = rows[r].cells[c];
+          var span = cell.colSpan || 1;
+          if (!cell.hasAttribute("data-label")) {
+            cell.setAttribute("data-label", heads.slice(col, col + span).filter(Boolean).join(" / "));
+          }
+          col += span;
+        }
+      }
+    }
+    table.classList.add("labelled");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var tables = document.querySelectorAll("table.cards");
+    for (var i = 0; i < tables.length; i++) {
+      label(tables[i]);
+      if (window.MutationObserver) {
+        new MutationObserver(function (changes) { label(changes[0].target.closest("table")); })
+          .observe(tables[i], { childList: true, subtree: true });
+      }
+    }
+  });
+})();
