@@ -35,7 +35,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
-import requests
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -71,13 +70,13 @@ def retry_delay(settings: NotifySettings, attempts: int) -> float:
 
 class Notifier:
     def __init__(self, ledger: Any, store: Store, settings: NotifySettings, *, owner: str | None = None,
-                 clock: Callable[[], datetime] = utcnow, session: requests.Session | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, session: Any = None) -> None:
         self.ledger = ledger
         self.store = store
         self.settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.clock = clock
-        self.session = session or requests.Session()
+        self.session = session or webhook.session()
         self.leader = False
         self.counts = {(e, o): 0 for e in EVENTS for o in (SENT, "failed", DROPPED)}
         with store.op() as db:

@@ -70,6 +70,13 @@ def verify_signature(secret: str, header: str | None, body: bytes, *, tolerance:
     return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
 
 
+def session() -> requests.Session:
+    """One HTTP session for a notifier's deliveries (connections kept alive between them)."""
+    s = requests.Session()
+    s.headers["User-Agent"] = USER_AGENT
+    return s
+
+
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
