@@ -10,7 +10,7 @@ Configured from the environment (or create_app's config), validated at start-up:
   has no consumer (no connector is serving it). 0 disables. A paused or blocked actor has no
   consumer on purpose: the runtime closes its channel, so those do not fire.
 - divergence (always on): the ledger and the broker disagree on what the actor's queue holds,
-  beyond what the broker's statistics lag explains, persistently (admin.board.consistency).
+  beyond what the broker's statistics lag explains, persistently (admin.consistency).
 - ADMIN_ALERT_PERSIST_SECONDS (default 60): a missing consumer and a ledger/broker divergence are
   flagged only once they have held in every sample over this time. The management API's figures
   lag by a few seconds, so after a resume the consumer shows up a moment later, and messages

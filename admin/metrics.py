@@ -10,7 +10,7 @@ management API once, as the overview does:
 - fifoq_ledger_messages{actor,status}: messages in the ledger by status
 - fifoq_queue_messages{actor,state=ready|unacked}, fifoq_actor_consumers{actor}: from the broker,
   absent (never 0) while the management API is unreachable or has no figure yet
-- fifoq_consistency_divergent{actor}: 1 while ledger and broker disagree persistently (admin.board)
+- fifoq_consistency_divergent{actor}: 1 while ledger and broker disagree persistently (admin.consistency)
 - fifoq_blocks{actor}, fifoq_block_oldest_seconds{actor}: current blocks of the actor and of its
   ordering keys (Ledger.blocks()), and the age of the oldest (only for actors with a block)
 - fifoq_alert_firing{rule,actor} = 1 for each firing alert; fifoq_alerts_firing{rule}: their count

@@ -40,7 +40,7 @@ class Watch:
     def __init__(self, store: Store, persist_seconds: float, broker_lag_seconds: float) -> None:
         self.store = store
         self.persist_seconds = persist_seconds
-        # How old the management API's figures may be (admin.board.consistency's tolerance).
+        # How old the management API's figures may be (admin.consistency's tolerance).
         self.broker_lag_seconds = broker_lag_seconds
         # Samples further apart than this do not prove that the condition held in between.
         self.max_gap_seconds = max(persist_seconds, MIN_GAP_SECONDS)

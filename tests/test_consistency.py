@@ -12,7 +12,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from admin.alerts import AlertRules, Rule, evaluate
-from admin.board import consistency
+from admin.consistency import consistency
 from admin.watch import COLLECTION, Watch
 from admin.users import UserStore
 from backend.app import Backend
