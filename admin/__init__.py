@@ -9,17 +9,16 @@ audit log) and asks RabbitMQ for queue depths and cluster health through its man
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from admin import auth, security
+from admin import auth, security, timefmt
 from admin.config import AdminConfig
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
@@ -168,24 +167,14 @@ def _register_errors(app: Flask) -> None:
 
 
 def _register_filters(app: Flask) -> None:
-    @app.template_filter("when")
-    def when(value: datetime | None) -> str:
-        value = as_aware(value)
-        return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+    timefmt.init_app(app)
 
     @app.template_filter("age")
     def age(value: Any) -> str:
-        if value is None:
-            return "—"
-        seconds = value if isinstance(value, (int, float)) else (utcnow() - as_aware(value)).total_seconds()
-        seconds = int(max(0, seconds))
-        if seconds < 60:
-            return f"{seconds}s"
-        if seconds < 3600:
-            return f"{seconds // 60}m {seconds % 60}s"
-        if seconds < 86400:
-            return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+        """How long ago (a datetime) or how long (seconds), as a duration: `5 min 3 s`."""
+        if value is None or isinstance(value, (int, float)):
+            return timefmt.duration(value)
+        return timefmt.duration((utcnow() - as_aware(value)).total_seconds())
 
     @app.template_filter("num")
     def num(value: Any) -> str:
@@ -198,7 +187,7 @@ def _register_filters(app: Flask) -> None:
     @app.template_filter("compactjson")
     def compactjson(value: Any) -> str:
         # A plain str: autoescape turns any markup inside a payload into text.
-        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
+        return timefmt.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
 
     @app.template_filter("prettyjson")
     def prettyjson(value: Any) -> str:

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
-from admin import accounts
+from admin import accounts, timefmt
 from admin.auth import acting_user, require_role
 from admin.board import actor_detail, blocked_keys, build_overview
 from admin.editing import preview_edit
@@ -24,7 +24,6 @@ from admin.rabbitmq_api import RabbitAPI
 from admin.users import Role, UserStore
 from backend.app import Backend
 from backend.errors import ValidationError
-from backend.ledger import as_aware
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,9 @@ def user_store() -> UserStore:
 
 
 def plain(value: Any) -> Any:
-    """Ledger documents as JSON: datetimes in ISO 8601 (UTC), `_id` kept as `id` too."""
+    """Ledger documents as JSON: datetimes in ISO 8601 (UTC, `Z`: admin.timefmt), `_id` kept as `id` too."""
     if isinstance(value, datetime):
-        return as_aware(value).isoformat()
+        return timefmt.iso(value)
     if isinstance(value, dict):
         out = {str(k): plain(v) for k, v in value.items()}
         if "_id" in out and "id" not in out:
@@ -123,14 +122,20 @@ def consistency(name: str) -> Any:
 @bp.route("/actors/<name>/messages")
 @require_role(Role.VIEWER)
 def messages(name: str) -> Any:
-    """GET /api/actors/payment/messages?status=failed&event=tour.booked&since=2024-05-01&q=alice&page=2"""
+    """GET /api/actors/payment/messages?status=failed&event=tour.booked&since=2024-05-01&q=alice&sort=oldest&page=2
+
+    Newest first unless sort=oldest. Each item is the ledger document plus `run_seconds` (how long
+    the handler ran on the last attempt of a settled message) and `latency_seconds` (created to
+    finished)."""
     backend().ledger.actor(name)
     flt = message_filter(request.args)
     page = page_param(request.args)
     docs, total = backend().ledger.find(actor=name, status=flt.status, event=flt.event, since=flt.since,
-                                        until=flt.until, text=flt.text, skip=page.skip, limit=page.per_page)
-    return ok({"items": docs, "total": total, "page": page.number, "per_page": page.per_page,
-               "pages": page.count(total)})
+                                        until=flt.until, text=flt.text, skip=page.skip, limit=page.per_page,
+                                        newest_first=flt.newest_first)
+    items = [dict(d, run_seconds=timefmt.run_time(d), latency_seconds=timefmt.latency(d)) for d in docs]
+    return ok({"items": items, "total": total, "page": page.number, "per_page": page.per_page,
+               "pages": page.count(total), "sort": flt.sort})
 
 
 @bp.route("/actors/<name>/pause", methods=["POST"])

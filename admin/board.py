@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from admin.consistency import consistency
 from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI
 from backend.app import Backend
 from backend.errors import StoreError
@@ -94,57 +95,6 @@ def queue_summary(queues: list[QueueInfo] | None) -> dict[str, Any] | None:
     }
 
 
-def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_error: str | None) -> dict[str, Any]:
-    """Compare what the ledger says sits in the broker with what the broker reports.
-
-    A queued message must be in the queue (ready, or unacked while a consumer holds it). A pending
-    message may already be there (its confirm not recorded yet) and a processing one is unacked
-    while its handler runs, so the broker's ready+unacked must fall within
-    [queued, queued + pending + processing]. Below: messages the ledger expects are missing from the
-    broker (the relay republishes pending ones, not queued ones: look). Above: duplicates or
-    envelopes of settled messages, which consumers ack without running the handler.
-    The management API refreshes its figures every few seconds, so a brief mismatch right after
-    activity is normal: only a persistent one matters.
-    """
-    queued = counts.get(Status.QUEUED.value, 0)
-    pending = counts.get(Status.PENDING.value, 0)
-    processing = counts.get(Status.PROCESSING.value, 0)
-    out: dict[str, Any] = {
-        "ledger_queued": queued,
-        "ledger_pending": pending,
-        "ledger_processing": processing,
-        "expected_min": queued,
-        "expected_max": queued + pending + processing,
-        "broker_ready": None,
-        "broker_unacked": None,
-        "broker_total": None,
-    }
-    if broker_error:
-        return dict(out, status="unknown", ok=None, explanation=f"broker figures unavailable: {broker_error}")
-    if queue is None:
-        ok = out["expected_max"] == 0
-        return dict(
-            out,
-            status="ok" if ok else "no_queue",
-            ok=ok,
-            explanation="no queue on the broker and nothing expected in it" if ok
-            else "the ledger expects messages in the broker but the actor has no queue there",
-        )
-    ready, unacked = queue["messages_ready"], queue["messages_unacknowledged"]
-    out.update(broker_ready=ready, broker_unacked=unacked)
-    if ready is None or unacked is None:
-        return dict(out, status="unknown", ok=None, explanation="the broker has no statistics for this queue yet")
-    total = ready + unacked
-    out["broker_total"] = total
-    if total < out["expected_min"]:
-        return dict(out, status="missing", ok=False,
-                    explanation=f"the broker holds {total} but the ledger has {queued} queued: {queued - total} missing from the queue")
-    if total > out["expected_max"]:
-        return dict(out, status="extra", ok=False,
-                    explanation=f"the broker holds {total}, more than the ledger's {out['expected_max']} open: duplicates or settled envelopes (consumers skip them)")
-    return dict(out, status="ok", ok=True, explanation="the broker holds what the ledger expects")
-
-
 def _age(at: datetime | None, now: datetime) -> float | None:
     at = as_aware(at)
     return None if at is None else max(0.0, (now - at).total_seconds())
@@ -188,7 +138,7 @@ def actor_row(backend: Backend, doc: dict[str, Any], counts: dict[str, int], que
         "oldest_open_at": oldest,
         "oldest_open_age_seconds": _age(oldest, now),
         "queue": queue,
-        "consistency": consistency(counts, queue, broker_error),
+        "consistency": consistency(counts, queue, broker_error, actor=name, ledger=backend.ledger, now=now),
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from admin import timefmt
 from backend.app import Backend
 from backend.ledger import utcnow
 from backend.metrics import MINUTE_FORMAT, ledger_activity
@@ -32,7 +33,7 @@ def minute_floor(at: datetime) -> datetime:
 
 def activity(backend: Backend, *, minutes: int = DEFAULT_MINUTES, top: int = DEFAULT_TOP, actor: str | None = None,
              now: datetime | None = None) -> dict[str, Any]:
-    """Series for the charts: {"minutes": [ISO minute...], "series": [{"actor", "processed",
+    """Series for the charts: {"minutes": [start of each minute, ISO 8601 UTC with Z...], "series": [{"actor", "processed",
     "failed", "backlog"}...], "total": {...}, "available": bool, "note": str}.
 
     Actors are ranked by processed + failed + current backlog; the `top` first are returned
@@ -41,8 +42,9 @@ def activity(backend: Backend, *, minutes: int = DEFAULT_MINUTES, top: int = DEF
     now = now or utcnow()
     end = minute_floor(now)
     start = end - timedelta(minutes=minutes - 1)
-    keys = [(start + timedelta(minutes=i)).strftime(MINUTE_FORMAT) for i in range(minutes)]
-    labels = [k + "Z" for k in keys]
+    starts = [start + timedelta(minutes=i) for i in range(minutes)]
+    keys = [m.strftime(MINUTE_FORMAT) for m in starts]
+    labels = [timefmt.iso(m) for m in starts]
     raw = ledger_activity(backend.ledger, start)
     if raw is None:
         return {"minutes": labels, "series": [], "total": None, "available": False,

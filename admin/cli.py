@@ -1,5 +1,6 @@
-"""Command line: `python -m admin create-user NAME --role admin`, `python -m admin serve` and
-`python -m admin provision ACTOR...` (least-privilege RabbitMQ users, see admin.provision)."""
+"""Command line: `python -m admin create-user NAME --role admin`, `python -m admin serve`,
+`python -m admin provision ACTOR...` (least-privilege RabbitMQ users, see admin.provision) and
+`python -m admin notify` (webhooks on block and unblock, see admin.notifier)."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +83,50 @@ def provision(args: argparse.Namespace, stdin: TextIO) -> int:
     return 0
 
 
+def notify(args: argparse.Namespace, stdin: TextIO) -> int:
+    """The webhook notifier (admin.notifier): one per deployment; a second one waits as a standby."""
+    import signal
+    import threading
+
+    from admin.notifier import Notifier, NotifierCollector
+    from admin.notify_settings import NotifySettings
+    from backend.app import open_ledger
+
+    settings = Settings.from_env()
+    targets = NotifySettings.from_env(os.environ)
+    if not targets.configured and not args.allow_unconfigured:
+        raise ConfigError("nothing to notify: set ADMIN_NOTIFY_URL and ADMIN_NOTIFY_SECRET, or ADMIN_NOTIFY_URL_<ACTOR>")
+    if settings.mongodb_url.startswith("embedded://"):
+        # development: the served embedded ledger has no room for the notifier's own state
+        log.warning("MONGODB_URL=embedded://...: the notifier's state lives in this process only (a restart "
+                    "announces current blocks again)")
+        store = Store.open(settings.with_(mongodb_url=f"mongomock://fifoq-notifier-{settings.prefix}"))
+    else:
+        store = Store.open(settings)
+        if store.embedded:
+            raise ConfigError("set MONGODB_URL: the notifier reads the ledger the connectors write and keeps its state next to it")
+    notifier = Notifier(open_ledger(settings), store, targets)
+    if args.once:
+        print(f"sent {notifier.tick() if targets.configured else 0} notification(s); {notifier.pending()} owed")
+        return 0
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(NotifierCollector(notifier))
+        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if not targets.configured:
+        # Noting blocks now would mark them "nothing to send" for good: wait for a configuration.
+        log.warning("no webhook receiver configured (ADMIN_NOTIFY_URL, ADMIN_NOTIFY_URL_<ACTOR>): sending nothing")
+        stop.wait()
+        return 0
+    notifier.run(stop)
+    return 0
+
+
 def bootstrap_admin(users: UserStore, env: dict[str, str] | os._Environ) -> None:
     """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
     the embedded store, whose data lives in the console's process)."""
@@ -119,6 +164,16 @@ def parser() -> argparse.ArgumentParser:
                     help="restrict (default): guest loses its tags and every permission (only those on the vhost "
                          "when guest runs the provisioning); delete: delete guest; keep: leave it")
     pv.set_defaults(func=provision)
+    nt = sub.add_parser("notify", help="send signed webhooks when actors block and unblock (one per deployment)",
+                        description="Settings: ADMIN_NOTIFY_URL, ADMIN_NOTIFY_SECRET and per actor ADMIN_NOTIFY_URL_<ACTOR>, "
+                                    "ADMIN_NOTIFY_SECRET_<ACTOR> (docs/operations.md).")
+    nt.add_argument("--once", action="store_true", help="one round (note the blocks, send what is due), then exit")
+    nt.add_argument("--allow-unconfigured", action="store_true",
+                    help="without any receiver configured, stay up and send nothing instead of exiting with an error "
+                         "(a compose service switched on by setting the variables)")
+    nt.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (off by default)")
+    nt.add_argument("--metrics-addr", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    nt.set_defaults(func=notify)
     return p
 
 

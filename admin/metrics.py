@@ -10,6 +10,9 @@ management API once, as the overview does:
 - fifoq_ledger_messages{actor,status}: messages in the ledger by status
 - fifoq_queue_messages{actor,state=ready|unacked}, fifoq_actor_consumers{actor}: from the broker,
   absent (never 0) while the management API is unreachable or has no figure yet
+- fifoq_consistency_divergent{actor}: 1 while ledger and broker disagree persistently (admin.consistency)
+- fifoq_blocks{actor}, fifoq_block_oldest_seconds{actor}: current blocks of the actor and of its
+  ordering keys (Ledger.blocks()), and the age of the oldest (only for actors with a block)
 - fifoq_alert_firing{rule,actor} = 1 for each firing alert; fifoq_alerts_firing{rule}: their count
 - fifoq_console_ledger_up, fifoq_console_broker_api_up, fifoq_console_scrape_seconds
 
@@ -28,13 +31,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from admin import charts
+from admin import charts, timefmt
 from admin.alerts import AlertRules, Rule, evaluate
 from admin.auth import require_role
-from admin.board import Overview, build_overview
+from admin.board import LEDGER_DOWN, Overview, build_overview
 from admin.users import Role
+from admin.watch import Watch, request_sample
+from backend.ledger import utcnow
 from backend.errors import ConfigError, ValidationError
-from backend.ledger import as_aware
 from backend.values import Status
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,10 @@ def init_app(app: Flask, env: Mapping[str, str]) -> None:
     if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ConfigError(f"ADMIN_METRICS_PUBLIC={raw!r} must be 1 or 0")
     app.config["ADMIN_METRICS_PUBLIC"] = raw in ("1", "true", "yes", "on")
-    app.extensions["fifoq_alert_rules"] = AlertRules.from_env(env)
+    rules = AlertRules.from_env(env)
+    app.extensions["fifoq_alert_rules"] = rules
+    app.extensions["fifoq_watch"] = Watch(app.extensions["fifoq_users"].store, rules.persist_seconds,
+                                          rules.broker_lag_seconds)
     registry = CollectorRegistry()
     registry.register(ConsoleCollector(app))
     app.extensions["fifoq_metrics"] = registry
@@ -70,7 +77,7 @@ class ConsoleCollector(Collector):
         started = time.monotonic()
         backend, api = self.app.extensions["fifoq"], self.app.extensions["fifoq_mgmt"]
         board = build_overview(backend, api)
-        firing = evaluate(self.app.extensions["fifoq_alert_rules"], board.actors, board.broker_error)
+        firing = evaluate(self.app.extensions["fifoq_alert_rules"], board.actors, board.broker_error, request_sample())
 
         def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=labels)
@@ -81,6 +88,8 @@ class ConsoleCollector(Collector):
         ledger = gauge("fifoq_ledger_messages", "Messages in the ledger by status.", ["actor", "status"])
         depth = gauge("fifoq_queue_messages", "Messages in the actor's queue(s) on the broker.", ["actor", "state"])
         consumers = gauge("fifoq_actor_consumers", "Consumers attached to the actor's queue(s).", ["actor"])
+        divergent = gauge("fifoq_consistency_divergent", "1 while the ledger and the broker disagree on the actor's "
+                          "queue beyond the broker's statistics lag, persistently (the divergence alert).", ["actor"])
         for row in board.actors:
             name = row["name"]
             if row.get("counts") is not None:  # ledger figures
@@ -97,19 +106,47 @@ class ConsoleCollector(Collector):
                     depth.add_metric([name, "unacked"], float(queue["messages_unacknowledged"]))
                 if queue["consumers"] is not None:
                     consumers.add_metric([name], float(queue["consumers"]))
+            check = row.get("consistency") or {}
+            if check.get("ok") is not None:
+                divergent.add_metric([name], 0.0 if check["ok"] else 1.0)
         alert = gauge("fifoq_alert_firing", "1 for each alert currently firing (see /api/alerts).", ["rule", "actor"])
         per_rule = gauge("fifoq_alerts_firing", "Number of alerts firing per rule.", ["rule"])
         for a in firing:
             alert.add_metric([a.rule.value, a.actor], 1.0)
         for rule in Rule:
             per_rule.add_metric([rule.value], float(sum(1 for a in firing if a.rule is rule)))
-        yield from (blocked, blocked_s, paused, ledger, depth, consumers, alert, per_rule)
+        yield from (blocked, blocked_s, paused, ledger, depth, consumers, divergent, alert, per_rule)
+        if not board.ledger_error:
+            yield from _block_gauges(backend)
         yield GaugeMetricFamily("fifoq_console_ledger_up", "1 when the console could read the ledger.",
                                 value=0.0 if board.ledger_error else 1.0)
         yield GaugeMetricFamily("fifoq_console_broker_api_up", "1 when the management API answered.",
                                 value=0.0 if board.broker_error else 1.0)
         yield GaugeMetricFamily("fifoq_console_scrape_seconds", "Time spent reading the ledger and broker for this scrape.",
                                 value=time.monotonic() - started)
+
+
+def _block_gauges(backend: Any) -> Iterator[GaugeMetricFamily]:
+    """Blocks of whole actors and of ordering keys (Ledger.blocks()): how many, and the oldest's age."""
+    count = GaugeMetricFamily("fifoq_blocks", "Current blocks of the actor: 1 for the whole actor, or one per blocked "
+                              "ordering key.", labels=["actor"])
+    oldest = GaugeMetricFamily("fifoq_block_oldest_seconds", "Age of the actor's oldest current block (the actor's "
+                               "or one of its keys').", labels=["actor"])
+    now = utcnow()
+    per_actor: dict[str, list[float]] = {}
+    try:
+        blocks = backend.ledger.blocks()
+    except LEDGER_DOWN as exc:
+        log.warning("metrics: blocks unavailable: %s", exc)
+        return
+    for b in blocks:
+        ages = per_actor.setdefault(b["actor"], [])
+        ages.append(max(0.0, (now - b["since"]).total_seconds()) if b.get("since") else 0.0)
+    for actor, ages in sorted(per_actor.items()):
+        count.add_metric([actor], float(len(ages)))
+        oldest.add_metric([actor], max(ages))
+    yield count
+    yield oldest
 
 
 @bp.route("/metrics")
@@ -125,7 +162,7 @@ def _exposition() -> Response:
 
 
 def alerts_of(board: Overview) -> dict[str, Any]:
-    firing = evaluate(rules(), board.actors, board.broker_error)
+    firing = evaluate(rules(), board.actors, board.broker_error, request_sample())
     return {"rules": rules().to_dict(), "firing": firing, "ledger_error": board.ledger_error,
             "broker_error": board.broker_error}
 
@@ -143,7 +180,7 @@ def alerts_api() -> Any:
     board = build_overview(current_app.extensions["fifoq"], current_app.extensions["fifoq_mgmt"])
     out = alerts_of(board)
     out["firing"] = [a.to_dict() for a in out["firing"]]
-    out["generated_at"] = as_aware(board.generated_at).isoformat()
+    out["generated_at"] = timefmt.iso(board.generated_at)
     return jsonify(out), 503 if board.ledger_error else 200
 
 

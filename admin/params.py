@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping
 
+from admin.timefmt import json_default
 from backend.errors import ValidationError
 from backend.ledger import as_aware
 from backend.values import Status
@@ -82,6 +83,11 @@ def page_param(args: Mapping[str, Any], default_per_page: int = DEFAULT_PER_PAGE
     return Page(int_param(args, "page", 1, 1, 1_000_000), int_param(args, "per_page", default_per_page, 1, MAX_PER_PAGE))
 
 
+# `sort=` of a message list: the ledger orders by creation time (then sequence number).
+SORTS = {"newest": True, "oldest": False}
+DEFAULT_SORT = "newest"
+
+
 @dataclass(frozen=True)
 class MessageFilter:
     status: str | None = None
@@ -89,12 +95,18 @@ class MessageFilter:
     since: datetime | None = None
     until: datetime | None = None
     text: str | None = None
+    sort: str = DEFAULT_SORT
+
+    @property
+    def newest_first(self) -> bool:
+        return SORTS[self.sort]
 
     def query_args(self) -> dict[str, str]:
         """The filter as query-string arguments, for pagination links."""
         out = {"status": self.status, "event": self.event, "q": self.text,
                "since": self.since.isoformat() if self.since else None,
-               "until": self.until.isoformat() if self.until else None}
+               "until": self.until.isoformat() if self.until else None,
+               "sort": self.sort if self.sort != DEFAULT_SORT else None}
         return {k: v for k, v in out.items() if v}
 
 
@@ -108,7 +120,16 @@ def message_filter(args: Mapping[str, Any]) -> MessageFilter:
         since=date_param(args, "since"),
         until=date_param(args, "until", end_of_day=True),
         text=text_filter(args, "q"),
+        sort=sort_param(args),
     )
+
+
+def sort_param(args: Mapping[str, Any]) -> str:
+    """`sort=newest` (the default) or `sort=oldest`."""
+    value = text_filter(args, "sort") or DEFAULT_SORT
+    if value not in SORTS:
+        raise ValidationError(f"sort must be one of {', '.join(SORTS)}")
+    return value
 
 
 def parse_json_text(raw: Any, what: str = "payload") -> Any:
@@ -130,4 +151,5 @@ def parse_json_text(raw: Any, what: str = "payload") -> Any:
 
 
 def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    """Indented JSON for pages; a datetime (audit details, actor documents) in the console's ISO form."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=json_default)

@@ -13,6 +13,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -29,6 +30,10 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 MAX_LABEL = 100
 TOKEN_PREFIX = "fq_"
+# A token's last use is written when a request authenticates with it, at most once per this many
+# seconds: an API client or a Prometheus scrape calling every few seconds costs one small write a
+# minute, not one per request, and "last used" is exact to the minute.
+LAST_USE_RESOLUTION_SECONDS = 60
 
 
 class Role(str, Enum):
@@ -215,16 +220,26 @@ class UserStore:
             raise ValidationError(f"token label must be text of at most {MAX_LABEL} characters")
         token_id = uuid.uuid4().hex[:12]
         secret = secrets.token_urlsafe(32)
-        doc = {"_id": token_id, "user": name, "label": label.strip(), "hash": _token_hash(secret), "created_at": utcnow()}
+        doc = {"_id": token_id, "user": name, "label": label.strip(), "hash": _token_hash(secret), "created_at": utcnow(),
+               "last_used_at": None}
         with self.store.op() as db:
             db.api_tokens.insert_one(doc)
         log.info("API token %s created for user %s", token_id, name)
         return f"{TOKEN_PREFIX}{token_id}.{secret}", {k: v for k, v in doc.items() if k != "hash"}
 
     def tokens(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Tokens (without their hash), with `last_used_at` (None: never used)."""
         query = {} if name is None else {"user": name}
         with self.store.op() as db:
-            return list(db.api_tokens.find(query, {"hash": 0}).sort("created_at", ASCENDING))
+            rows = list(db.api_tokens.find(query, {"hash": 0}).sort("created_at", ASCENDING))
+        for row in rows:
+            row["created_at"] = as_aware(row.get("created_at"))
+            row["last_used_at"] = as_aware(row.get("last_used_at"))
+        return rows
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        with self.store.op() as db:
+            return db.api_tokens.find_one({"_id": str(token_id)}, {"hash": 0})
 
     def revoke_token(self, token_id: str) -> bool:
         with self.store.op() as db:
@@ -240,7 +255,22 @@ class UserStore:
         if doc is None or not hmac.compare_digest(doc["hash"], _token_hash(secret)):
             return None
         user = self.get(doc["user"])
-        return user if user is not None and user.active else None
+        if user is None or not user.active:
+            return None
+        self._note_use(doc)
+        return user
+
+    def _note_use(self, doc: dict[str, Any]) -> None:
+        """Record the token's last use, unless it was recorded less than a resolution ago. The
+        update is conditional, so concurrent requests (several workers) write it once."""
+        now = utcnow()
+        last = as_aware(doc.get("last_used_at"))
+        cutoff = now - timedelta(seconds=LAST_USE_RESOLUTION_SECONDS)
+        if last is not None and last > cutoff:
+            return
+        with self.store.op() as db:
+            db.api_tokens.update_one({"_id": doc["_id"], "$or": [{"last_used_at": None}, {"last_used_at": {"$lte": cutoff}}]},
+                                     {"$set": {"last_used_at": now}})
 
 
 _DUMMY_HASH = generate_password_hash("not a real password")

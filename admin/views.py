@@ -3,6 +3,7 @@ token, performed by backend.operations (which writes the audit log), then a redi
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Callable
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
@@ -79,7 +80,7 @@ def actor(name: str) -> Any:
         return redirect(url_for("views.actor", name=name))
     docs, total = backend().ledger.find(
         actor=name, status=flt.status, event=flt.event, since=flt.since, until=flt.until, text=flt.text,
-        skip=page.skip, limit=page.per_page,
+        skip=page.skip, limit=page.per_page, newest_first=flt.newest_first,
     )
     return render_template("actor.html", a=detail, messages=docs, total=total, page=page, flt=flt,
                            pages=page.count(total))
@@ -204,7 +205,13 @@ def audit() -> Any:
 @bp.route("/users")
 @require_role(Role.ADMIN)
 def users() -> Any:
-    return render_template("users.html", users=user_store().all(), tokens=user_store().tokens(), new_token=None)
+    return _users_page()
+
+
+def _users_page(new_token: dict[str, Any] | None = None) -> Any:
+    tokens = user_store().tokens()
+    return render_template("users.html", users=user_store().all(), tokens=tokens, new_token=new_token, ask=Ask,
+                           token_count=Counter(t["user"] for t in tokens))
 
 
 def _account_change(change: Callable[[], str], refused: tuple[type[Exception], ...] = (ValidationError, NotFound)) -> Any:
@@ -227,11 +234,63 @@ def create_user() -> Any:
     return _account_change(change, (ValidationError, Conflict))
 
 
+ROLE_POWERS = {
+    Role.VIEWER.value: "reads every page and changes nothing",
+    Role.OPERATOR.value: "pauses, resumes, edits, replays and cancels",
+    Role.ADMIN.value: "also manages users and API tokens",
+}
+
+
+class Ask:
+    """The questions of the Users page's destructive changes (deactivate, role change, token
+    revocation): the same words in the page's dialog (data-confirm) and on the confirmation page."""
+
+    @staticmethod
+    def deactivate(name: str, tokens: int) -> tuple[str, str]:
+        return (f"Deactivate {name}?",
+                f"{name} can no longer log in, their open sessions end at their next request and their {tokens} "
+                "API token(s) stop working. You can reactivate the account later.")
+
+    @staticmethod
+    def role(name: str, old: str, new: str) -> tuple[str, str]:
+        return (f"Change the role of {name} from {old} to {new}?",
+                f"As {new}, {name} {ROLE_POWERS.get(new, '')}. It applies at their next request.")
+
+    @staticmethod
+    def revoke(record: dict[str, Any]) -> tuple[str, str]:
+        label = f" ({record['label']})" if record.get("label") else ""
+        return (f"Revoke API token {record['_id']}{label} of {record['user']}?",
+                "Every client using it is refused (401) from now on. This cannot be undone: a new token would "
+                "have to be created and handed out.")
+
+    @staticmethod
+    def text(question: tuple[str, str]) -> str:
+        return " ".join(question)
+
+
+def _confirmation(question: tuple[str, str]) -> Any | None:
+    """The confirmation page of a destructive change of the Users page, unless the request says
+    `confirm=yes`. The page's script asks in a dialog and adds it; without script, this page asks
+    and posts the same fields again."""
+    if request.form.get("confirm") == "yes":
+        return None
+    fields = [(k, v) for k, v in request.form.items(multi=True) if k not in ("csrf_token", "confirm")]
+    return render_template("confirm_action.html", question=question[0], consequence=question[1], action=request.path,
+                           fields=fields, back=url_for("views.users"))
+
+
 @bp.route("/users/<name>/role", methods=["POST"])
 @require_role(Role.ADMIN)
 def set_role(name: str) -> Any:
+    role = request.form.get("role", "")
+    current = user_store().get(name)
+    if current is not None and name != acting_user() and role in ROLE_POWERS and role != current.role.value:
+        asked = _confirmation(Ask.role(name, current.role.value, role))
+        if asked is not None:
+            return asked
+
     def change() -> str:
-        user = accounts.set_role(user_store(), backend().audit, acting_user(), name, request.form.get("role", ""))
+        user = accounts.set_role(user_store(), backend().audit, acting_user(), name, role)
         return f"{name} is now {user.role.value}."
 
     return _account_change(change)
@@ -240,8 +299,14 @@ def set_role(name: str) -> Any:
 @bp.route("/users/<name>/active", methods=["POST"])
 @require_role(Role.ADMIN)
 def set_active(name: str) -> Any:
+    active = request.form.get("active") == "1"
+    if not active and name != acting_user() and user_store().get(name) is not None:
+        asked = _confirmation(Ask.deactivate(name, len(user_store().tokens(name))))
+        if asked is not None:
+            return asked
+
     def change() -> str:
-        user = accounts.set_active(user_store(), backend().audit, acting_user(), name, request.form.get("active") == "1")
+        user = accounts.set_active(user_store(), backend().audit, acting_user(), name, active)
         return f"{name} is now {'active' if user.active else 'deactivated'}."
 
     return _account_change(change)
@@ -267,13 +332,18 @@ def create_token(name: str) -> Any:
         flash(str(exc), "error")
         return redirect(url_for("views.users"))
     # Shown once, in this response only: not stored in clear, not put in the session.
-    return render_template("users.html", users=user_store().all(), tokens=user_store().tokens(),
-                           new_token={"user": name, "token": token, "id": record["_id"]})
+    return _users_page({"user": name, "token": token, "id": record["_id"]})
 
 
 @bp.route("/tokens/<token_id>/revoke", methods=["POST"])
 @require_role(Role.ADMIN)
 def revoke_token(token_id: str) -> Any:
+    record = user_store().token(token_id)
+    if record is not None:
+        asked = _confirmation(Ask.revoke(record))
+        if asked is not None:
+            return asked
+
     def change() -> str:
         accounts.revoke_token(user_store(), backend().audit, acting_user(), token_id)
         return f"Token {token_id} revoked."

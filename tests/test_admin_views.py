@@ -331,7 +331,7 @@ def test_admin_views_users_page_creates_users_changes_roles_and_tokens(admin_cli
     resp = admin_client.post("/users", data={"username": "<img src=x>", "password": "password", "role": "viewer"},
                              follow_redirects=True)
     assert "user name:" in text(resp) and "<img src=x>" not in text(resp)
-    resp = admin_client.post("/users/bob/role", data={"role": "viewer"}, follow_redirects=True)
+    resp = admin_client.post("/users/bob/role", data={"role": "viewer", "confirm": "yes"}, follow_redirects=True)
     assert "bob is now viewer" in text(resp) and users.get("bob").role.value == "viewer"
     resp = admin_client.post("/users/ada/role", data={"role": "viewer"}, follow_redirects=True)
     assert "cannot remove your own admin role" in text(resp) and users.get("ada").role.value == "admin"
@@ -341,7 +341,7 @@ def test_admin_views_users_page_creates_users_changes_roles_and_tokens(admin_cli
     assert users.user_for_token(token).name == "bob"
     assert token not in text(admin_client.get("/users"))  # shown once
     token_id = token[3:].split(".")[0]
-    resp = admin_client.post(f"/tokens/{token_id}/revoke", follow_redirects=True)
+    resp = admin_client.post(f"/tokens/{token_id}/revoke", data={"confirm": "yes"}, follow_redirects=True)
     assert "revoked" in text(resp) and users.user_for_token(token) is None
     assert {r["action"] for r in backend.audit.find(user="ada")[0]} == {"login", "user.create", "user.role", "token.create", "token.revoke"}
 
@@ -362,7 +362,7 @@ def test_admin_views_auto_refresh_is_opt_in_and_bounded(viewer: FlaskClient, blo
 
 
 def test_admin_views_users_page_deactivates_and_resets_passwords(admin_client: FlaskClient, viewer: FlaskClient, users: UserStore) -> None:
-    resp = admin_client.post("/users/vera/active", data={"active": "0"}, follow_redirects=True)
+    resp = admin_client.post("/users/vera/active", data={"active": "0", "confirm": "yes"}, follow_redirects=True)
     assert "vera is now deactivated" in text(resp) and "Reactivate" in text(resp)
     assert viewer.get("/").status_code == 302
     resp = admin_client.post("/users/ada/active", data={"active": "0"}, follow_redirects=True)

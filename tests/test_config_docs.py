@@ -113,11 +113,12 @@ def test_config_docs_env_example_lists_every_variable_the_code_reads() -> None:
 def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
     """The value shown in .env.example is the default the code applies."""
     from admin.alerts import AlertRules
+    from admin.notify_settings import NotifySettings
     from admin.security import ThrottleConfig
     from backend.settings import Settings
 
     example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
-    d, rules, throttle = Settings(), AlertRules(), ThrottleConfig()
+    d, rules, throttle, notify = Settings(), AlertRules(), ThrottleConfig(), NotifySettings()
     defaults = {
         "AMQP_URL": d.amqp_urls[0], "RABBITMQ_API_URL": d.api_url, "RABBITMQ_API_USER": d.api_user,
         "RABBITMQ_API_PASSWORD": d.api_password, "MONGODB_DB": d.mongodb_db, "FIFOQ_PREFIX": d.prefix,
@@ -128,7 +129,10 @@ def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
         "FIFOQ_GAP_GRACE": d.gap_grace, "FIFOQ_RELAY_MIN_AGE": d.relay_min_age, "FIFOQ_LANES": d.lanes,
         "FIFOQ_DECLARE": int(d.declare),
         "ADMIN_ALERT_BLOCKED_MINUTES": rules.blocked_minutes, "ADMIN_ALERT_QUEUE_DEPTH": rules.queue_depth,
-        "ADMIN_ALERT_NO_CONSUMER": int(rules.no_consumer),
+        "ADMIN_ALERT_NO_CONSUMER": int(rules.no_consumer), "ADMIN_ALERT_PERSIST_SECONDS": rules.persist_seconds,
+        "ADMIN_BROKER_STATS_LAG_SECONDS": rules.broker_lag_seconds,
+        "ADMIN_NOTIFY_INTERVAL_SECONDS": notify.interval_seconds, "ADMIN_NOTIFY_TIMEOUT_SECONDS": notify.timeout_seconds,
+        "ADMIN_NOTIFY_RETRY_SECONDS": notify.retry_seconds, "ADMIN_NOTIFY_GIVE_UP_HOURS": notify.give_up_hours,
         "ADMIN_LOGIN_MAX_FAILURES": throttle.max_failures, "ADMIN_LOGIN_WINDOW_SECONDS": throttle.window_seconds,
     }
     if hasattr(d, "claim_lease"):

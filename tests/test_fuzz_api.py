@@ -117,8 +117,11 @@ FORGED_HEADERS = [
 
 
 def snapshot(be: Backend) -> dict[str, list[dict[str, Any]]]:
+    # A token's last use is written when it authenticates a request, refused or not: bookkeeping
+    # of the credential, not a change made by the request.
     with be.store.op() as db:
-        return {name: sorted(db[name].find(), key=lambda d: str(d["_id"])) for name in COLLECTIONS}
+        return {name: sorted(db[name].find({}, {"last_used_at": 0} if name == "api_tokens" else None),
+                             key=lambda d: str(d["_id"])) for name in COLLECTIONS}
 
 
 def token_for(users: UserStore, name: str) -> dict[str, str]:

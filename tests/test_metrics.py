@@ -222,16 +222,18 @@ def test_alert_rules_fire_on_blocked_depth_and_missing_consumer() -> None:
 
 
 @pytest.mark.parametrize("var,raw", [("ADMIN_ALERT_BLOCKED_MINUTES", "soon"), ("ADMIN_ALERT_QUEUE_DEPTH", "-1"),
-                                     ("ADMIN_ALERT_NO_CONSUMER", "maybe"), ("ADMIN_METRICS_PUBLIC", "perhaps")])
+                                     ("ADMIN_ALERT_NO_CONSUMER", "maybe"), ("ADMIN_METRICS_PUBLIC", "perhaps"),
+                                     ("ADMIN_ALERT_PERSIST_SECONDS", "-3"), ("ADMIN_BROKER_STATS_LAG_SECONDS", "later")])
 def test_console_alert_settings_fail_fast(backend: Backend, var: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=var):
         make_app(backend, **{var: raw})
 
 
 def test_alert_rules_from_env_defaults_and_values() -> None:
-    assert AlertRules.from_env({}) == AlertRules(5.0, 1000, True)
+    assert AlertRules.from_env({}) == AlertRules(5.0, 1000, True, 60.0, 15.0)
     assert AlertRules.from_env({"ADMIN_ALERT_BLOCKED_MINUTES": "0.5", "ADMIN_ALERT_QUEUE_DEPTH": "10",
-                                "ADMIN_ALERT_NO_CONSUMER": "0"}) == AlertRules(0.5, 10, False)
+                                "ADMIN_ALERT_NO_CONSUMER": "0", "ADMIN_ALERT_PERSIST_SECONDS": "30",
+                                "ADMIN_BROKER_STATS_LAG_SECONDS": "7.5"}) == AlertRules(0.5, 10, False, 30.0, 7.5)
 
 
 # -- the console ---------------------------------------------------------------------------------
@@ -280,7 +282,8 @@ def test_console_metrics_blocked_actor_depth_and_alerts(backend: Backend, users:
     assert value(scraped[0], "fifoq_actor_consumers", actor="payment") == 0
 
     data = client.get("/api/alerts").get_json()
-    assert data["rules"] == {"blocked_minutes": 0.0, "queue_depth": 1000, "no_consumer": True}
+    assert data["rules"] == {"blocked_minutes": 0.0, "queue_depth": 1000, "no_consumer": True, "persist_seconds": 60.0,
+                             "broker_lag_seconds": 15.0}
     assert {"rule": "actor_blocked", "actor": "payment"}.items() <= data["firing"][0].items()
     page = client.get("/").get_data(as_text=True)
     assert 'id="alerts"' in page and "payment blocked for" in page

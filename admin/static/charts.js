@@ -1,10 +1,11 @@
 // Overview charts: processed/min, failed/min and backlog per actor over the last hour, drawn with
 // uPlot (served by the console, see UPLOT.md). Data: GET /api/charts (same session cookie).
-// A static file because the console's CSP forbids inline script.
+// A static file because the console's CSP forbids inline script. Times are UTC, written by
+// window.fifoqTime (time.js) like every other time of the console, whatever the browser's zone.
 (function () {
   "use strict";
   var root = document.getElementById("charts");
-  if (!root || typeof window.uPlot === "undefined" || !window.fetch) {
+  if (!root || typeof window.uPlot === "undefined" || !window.fetch || !window.fifoqTime) {
     return;
   }
   var note = document.getElementById("charts-note");
@@ -15,6 +16,11 @@
     { key: "backlog", title: "Backlog (open messages in the ledger)" }
   ];
   var plots = {};
+  var T = window.fifoqTime;
+  // Ticks fall on UTC minutes and hours, labelled "HH:MM" (UTC); the legend shows the full time.
+  function utcDate(ts) { return window.uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); }
+  var X_SERIES = { label: "UTC", value: function (u, ts) { return ts === null ? "--" : T.text(ts); } };
+  var X_AXIS = { values: function (u, splits) { return splits.map(function (ts) { return T.hhmm(ts); }); } };
 
   function say(text) {
     if (note) { note.textContent = text; }
@@ -27,7 +33,7 @@
     KINDS.forEach(function (kind) {
       var holder = document.getElementById("chart-" + kind.key);
       if (!holder) { return; }
-      var series = [{}];
+      var series = [X_SERIES];
       var columns = [xs];
       rows.forEach(function (row, i) {
         series.push({ label: row.actor, stroke: COLORS[i % COLORS.length], width: i === 0 ? 2 : 1,
@@ -35,8 +41,9 @@
         columns.push(row[kind.key]);
       });
       if (plots[kind.key]) { plots[kind.key].destroy(); }
-      var width = Math.max(300, holder.clientWidth - 10);
-      plots[kind.key] = new window.uPlot({ width: width, height: 200, series: series,
+      var width = Math.max(240, holder.clientWidth - 10);
+      plots[kind.key] = new window.uPlot({ width: width, height: 200, series: series, tzDate: utcDate,
+                                           axes: [X_AXIS, {}],
                                            scales: { y: { range: function (u, min, max) { return [0, Math.max(1, max)]; } } } },
                                          columns, holder);
     });
@@ -55,4 +62,15 @@
 
   load();
   window.setInterval(load, 60000);
+  // A phone turned sideways, a window resized: redraw at the new width.
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    window.clearTimeout(resizing);
+    resizing = window.setTimeout(function () {
+      Object.keys(plots).forEach(function (key) {
+        var holder = document.getElementById("chart-" + key);
+        if (holder) { plots[key].setSize({ width: Math.max(240, holder.clientWidth - 10), height: 200 }); }
+      });
+    }, 200);
+  });
 })();
