@@ -32,7 +32,7 @@ def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_err
 
     The management API's figures are up to `broker_lag_seconds` old (ADMIN_BROKER_STATS_LAG_SECONDS)
     while the ledger's are current, so a gap that the lag explains is not a divergence: messages
-    that arrived within the lag (counted in the ledger, `ledger.find(since=...)`, only when the
+    that arrived within the lag (counted in the ledger, `ledger.created_since(...)`, only when the
     broker is short) may be missing from the broker's figures, and those settled within it (the
     broker's ack rate times the lag) may still be counted there. What remains is reported as
     `settling` until it has persisted in every sample for ADMIN_ALERT_PERSIST_SECONDS (admin.watch),
@@ -110,7 +110,7 @@ def _arrived_since(ledger: Any, actor: str | None, now: datetime, lag: float) ->
     """The actor's messages created within the lag: the broker's figures may not count them yet."""
     if ledger is None or actor is None or lag <= 0:
         return 0
-    return int(ledger.find(actor=actor, since=now - timedelta(seconds=lag), limit=1)[1])
+    return int(ledger.created_since(actor, now - timedelta(seconds=lag)))
 
 
 def _settled(sample: Sample | None, actor: str | None) -> None:

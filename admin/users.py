@@ -124,6 +124,7 @@ class UserStore:
         self.store = store
         with store.op() as db:
             db.api_tokens.create_index([("user", ASCENDING)], name="user")
+            db.api_tokens.create_index([("created_at", ASCENDING)], name="created")  # the Users page's list
 
     # -- users ----------------------------------------------------------------------------
     def create(self, name: str, password: str, role: Role | str) -> User:

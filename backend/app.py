@@ -10,6 +10,7 @@ from backend.emit import Emitter, Event
 from backend.ledger import Ledger
 from backend.operations import Operations
 from backend.relay import Relay
+from backend.retention import Retention
 from backend.settings import Settings
 from backend.store import Store
 from backend.subscriptions import Subscriptions
@@ -71,10 +72,13 @@ class Backend:
         return self.emitter.emit_many(events)
 
     def start_relay(self, interval: float = 1.0) -> Relay:
-        """Publish what the broker did not confirm, in the background."""
+        """Publish what the broker did not confirm, and apply retention (FIFOQ_RETENTION), in
+        the background."""
         if self._relay is None:
             self._relay = Relay(self.settings, self.ledger)
             self._relay.start(self._relay_stop, interval)
+            if self.store is not None:
+                Retention(self.settings, self.ledger, self.store.col("audit")).start(self._relay_stop)
         return self._relay
 
     def close(self) -> None:

@@ -24,12 +24,14 @@ class AuditEntry:
 class AuditLog:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Every list is newest first ("at", then "_id"), filtered by one of these or none; the
+        # retention sweep removes by "at".
         with store.op() as db:
-            db.audit.create_index([("at", DESCENDING)], name="at")
-            db.audit.create_index([("actor", ASCENDING), ("at", DESCENDING)], name="actor_at")
-            db.audit.create_index([("user", ASCENDING), ("at", DESCENDING)], name="user_at")
-            db.audit.create_index([("action", ASCENDING), ("at", DESCENDING)], name="action_at")
-            db.audit.create_index([("message_id", ASCENDING)], name="message", sparse=True)
+            for name in {"at", "actor_at", "user_at", "action_at", "message"} & set(db.audit.index_information()):
+                db.audit.drop_index(name)  # the first format's, without the sort's tie-breaker
+            db.audit.create_index([("at", DESCENDING), ("_id", DESCENDING)], name="at_id")
+            for field in ("actor", "user", "action", "message_id"):
+                db.audit.create_index([(field, ASCENDING), ("at", DESCENDING), ("_id", DESCENDING)], name=f"{field}_at_id")
 
     def record(self, entry: AuditEntry) -> dict[str, Any]:
         doc = {

@@ -19,7 +19,7 @@ import logging
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from backend import transitions as tr
 from backend.errors import Conflict, DuplicateKey, OutcomeUnknown, UnknownActor, UnknownMessage
@@ -31,15 +31,20 @@ from backend.values import ActorRunState, ErrorInfo, Status
 log = logging.getLogger(__name__)
 
 ATTEMPT_LOG_SIZE = 50
-# The console's payload search runs in the database over this much of each message's flattened
-# payload and correlation id (stored as `search`), never by pulling payloads into the console.
+# The console's payload search looks at this much of each walked message's flattened payload and
+# correlation id.
 SEARCH_TEXT_CHARS = 4096
-HIDDEN_FIELDS = {"search": False}  # internal to the ledger: not part of a message as read
+HIDDEN_FIELDS = {"search": False}  # the first format's stored search text: not part of a message as read
 GAP_EVENT = "(sequence gap)"
 SORTS = {
-    "newest": [("created_at", DESCENDING), ("_id", DESCENDING)],
-    "oldest": [("created_at", ASCENDING), ("_id", ASCENDING)],
+    "newest": [("created_at", DESCENDING), ("seq", DESCENDING)],
+    "oldest": [("created_at", ASCENDING), ("seq", ASCENDING)],
 }
+# Indexes of the first ledger format (before lanes and derived blocks), dropped on sight.
+OBSOLETE_INDEXES = {"actor_lane_seq", "actor_key_status_seq", "actor_status_seq", "status_created", "event_created",
+                    "correlation", "finished", "created"}
+# A list's total is counted up to this many (the count costs what it counts): beyond, "10,000+".
+COUNT_CAP = 10_000
 
 
 def utcnow() -> datetime:
@@ -93,13 +98,16 @@ class Ledger(LedgerViews):
         (tests/test_indexes.py checks each query against this list)."""
         m = self.messages
         m.create_index([("actor", ASCENDING), ("event_id", ASCENDING)], unique=True, name="actor_event")
-        m.create_index([("actor", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="actor_created")
-        m.create_index([("actor", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        for name in OBSOLETE_INDEXES & set(m.index_information()):
+            m.drop_index(name)
+        # The console lists one actor's messages, newest (or oldest) first, optionally by status
+        # or event; the trace finds one correlation id across actors. Everything else is by id.
+        m.create_index([("actor", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)], name="actor_created")
+        m.create_index([("actor", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
                        name="actor_status_created")
-        m.create_index([("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="status_created")
-        m.create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="created")
-        m.create_index([("correlation_id", ASCENDING), ("created_at", ASCENDING)], name="correlation", sparse=True)
-        m.create_index([("event", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="event_created")
+        m.create_index([("actor", ASCENDING), ("event", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
+                       name="actor_event_created")
+        m.create_index([("correlation_id", ASCENDING), ("created_at", ASCENDING)], name="correlation_created", sparse=True)
         self.lanes.ensure_indexes()
 
     def now(self) -> datetime:
@@ -188,7 +196,6 @@ class Ledger(LedgerViews):
             "event": event,
             "event_id": event_id or new_event_id(),
             "payload": payload,
-            "search": search_text(payload, correlation_id),
             "correlation_id": correlation_id,
             "status": Status.PENDING.value,
             "attempts": 0,
@@ -307,33 +314,43 @@ class Ledger(LedgerViews):
         sort: str | None = None,
         count: bool = True,
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """Filtered page of messages (oldest first unless `newest_first` or `sort`), and the total count (None when
-        `count=False`). Every filter is a plain string/date: callers never pass raw query
-        documents, so no operator can be injected."""
-        query: dict[str, Any] = {}
-        if correlation_id is not None:
-            query["correlation_id"] = str(correlation_id)
-        if actor is not None:
-            query["actor"] = str(actor)
-        if status is not None:
-            query["status"] = str(status)
-        if event is not None:
-            query["event"] = str(event)
-        if since is not None or until is not None:
-            query["created_at"] = {}
-            if since is not None:
-                query["created_at"]["$gte"] = since
-            if until is not None:
-                query["created_at"]["$lt"] = until
-        if text:
-            # Payload search: a literal (escaped) case-insensitive substring of the message's
-            # search text (keys and scalars of the payload, and its correlation id), or its id.
-            literal = re.escape(str(text))
-            query["$or"] = [{"search": {"$regex": literal, "$options": "i"}}, {"_id": str(text)}]
-        order = SORTS.get(sort or ("newest" if newest_first else "oldest"), SORTS["newest"])
-        total = self.messages.count_documents(query) if count else None
-        rows = list(self.messages.find(query, HIDDEN_FIELDS).sort(order).skip(max(0, skip)).limit(max(1, limit)))
-        return rows, total
+        """A page of one actor's messages (oldest first unless `newest_first` or sort="newest"),
+        filtered, and their total (None when only a longer walk could tell: "more than shown").
+
+        A lane is a log: the page is read by walking the actor's lanes from their newest (or
+        oldest) retained number, by id, in batches, merging lanes by creation time. The cost is
+        the messages walked to fill the page (at most WALK_CAP), never the actor's history, on
+        MongoDB as on the embedded store. Every filter is a plain string/date: callers never pass
+        raw query documents, so no operator can be injected. Without an actor, a correlation id
+        is required (Ledger.trace)."""
+        newest = (sort or ("newest" if newest_first else "oldest")) == "newest"
+        if actor is None:
+            if correlation_id is None:
+                raise ValueError("find needs an actor or a correlation id")
+            docs = self.trace(correlation_id, limit=skip + limit)
+            docs = [d for d in docs if _matches(d, status, event, since, until, text)]
+            docs.sort(key=lambda d: (d["created_at"], d["seq"]), reverse=newest)
+            return docs[skip:skip + limit], len(docs)
+        lanes = self.lanes.of_actor(str(actor))
+        walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None)
+        predicate = (lambda d: _matches(d, status, event, since, until, text, correlation_id))
+        rows, complete = walk.take(predicate, max(0, skip) + max(1, limit))
+        page = rows[max(0, skip):max(0, skip) + max(1, limit)]
+        unfiltered = not any((status, event, since, until, text, correlation_id))
+        if not count:
+            return page, None
+        if unfiltered:
+            return page, sum(max(0, int(l["next"]) - int(l.get("floor", 1))) for l in lanes)
+        if complete:
+            return page, len(rows)
+        return page, None
+
+    def created_since(self, actor: str, since: datetime) -> int:
+        """How many of the actor's messages were created at or after `since` (a walk from its
+        newest back to that time: the cost is those messages)."""
+        walk = LaneWalk(self, self.lanes.of_actor(str(actor)), True, since, None)
+        rows, _complete = walk.take(lambda d: as_aware(d["created_at"]) >= since, WALK_CAP)
+        return len(rows)
 
     def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """Every message of one business event (one correlation id) across actors, oldest first."""
@@ -501,8 +518,7 @@ class Ledger(LedgerViews):
         version = int(doc.get("version", 1))
         entry = {"version": version + 1, "by": by, "at": now, "previous": doc["payload"], "payload": payload, "diff": diff}
         flt = {"_id": doc["_id"], "version": version, **tr.status_filter("edit")}
-        update = {"$set": {"payload": payload, "search": search_text(payload, doc.get("correlation_id")),
-                           "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
+        update = {"$set": {"payload": payload, "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
         try:
             after = self.messages.find_one_and_update(flt, update, projection=HIDDEN_FIELDS, return_document=RETURN_AFTER)
         except OutcomeUnknown:
@@ -534,7 +550,8 @@ class Ledger(LedgerViews):
         )
 
     # -- retention -------------------------------------------------------------------------
-    def sweep_lane(self, lane_doc: dict[str, Any], older_than: datetime, batch: int = 500) -> int:
+    def sweep_lane(self, lane_doc: dict[str, Any], older_than: datetime, batch: int = 500,
+                   archive: Callable[[list[dict[str, Any]]], None] | None = None) -> int:
         """Remove the lane's settled messages that are at or below its watermark and settled
         before `older_than`, walking up from its `floor`; returns how many. Cost: the messages
         removed (plus one read), never the lane's history."""
@@ -542,6 +559,9 @@ class Ledger(LedgerViews):
         if floor > w:
             return 0
         custody = {e["s"] for e in lane_doc.get("custody", [])}
+        first = self.by_seqs(lane_doc["actor"], lane_doc["lane"], [floor]).get(floor)
+        if first is not None and not _removable(first, older_than, custody):
+            return 0  # the oldest one is kept: so is everything above it (one read per sweep)
         hi = min(w, floor + batch - 1)
         docs = self.by_seqs(lane_doc["actor"], lane_doc["lane"], range(floor, hi + 1))
         removable, new_floor = [], floor
@@ -550,16 +570,118 @@ class Ledger(LedgerViews):
             if doc is None:  # removed already (a sweep cut off before moving the floor)
                 new_floor = seq + 1
                 continue
-            settled = as_aware(doc.get("settled_at") or doc.get("finished_at"))
-            if seq in custody or not tr.is_final(doc["status"]) or settled is None or settled >= older_than:
+            if not _removable(doc, older_than, custody):
                 break
             removable.append(doc["_id"])
             new_floor = seq + 1
         if removable:
+            if archive is not None:  # written (and synced) before anything is removed
+                archive([docs[int(i.rsplit(".", 1)[1])] for i in removable])
             self.messages.delete_many({"_id": {"$in": removable}, "status": {"$in": sorted(tr.FINAL)}})
         if new_floor > floor:
             self.lanes.retained_from(lane_doc["_id"], new_floor)
         return len(removable)
+
+
+WALK_BATCH = 200  # numbers read per lane per step of a walk
+WALK_CAP = 20_000  # messages a walk reads at most for one page (a rare filter says "more than shown")
+
+
+class LaneWalk:
+    """Reads an actor's lanes newest (or oldest) first, by id, and merges them by creation time."""
+
+    def __init__(self, ledger: "Ledger", lanes: list[dict[str, Any]], newest: bool,
+                 stop_before: datetime | None, stop_after: datetime | None) -> None:
+        self.ledger = ledger
+        self.newest = newest
+        self.stop_before = stop_before  # walking newest first: nothing older matters
+        self.stop_after = stop_after  # walking oldest first: nothing newer matters
+        self.cursor = {l["_id"]: (int(l["next"]) - 1 if newest else int(l.get("floor", 1))) for l in lanes}
+        self.bounds = {l["_id"]: (int(l.get("floor", 1)), int(l["next"]) - 1) for l in lanes}
+        self.lanes = {l["_id"]: l for l in lanes}
+        self.buffers: dict[str, list[dict[str, Any]]] = {l["_id"]: [] for l in lanes}
+        self.read = 0
+
+    def _exhausted(self, lid: str) -> bool:
+        lo, hi = self.bounds[lid]
+        pos = self.cursor[lid]
+        return pos < lo if self.newest else pos > hi
+
+    def _fill(self, lids: list[str]) -> None:
+        """Read the next batch of every lane in `lids`, in one query."""
+        wanted: list[str] = []
+        spans: dict[str, list[int]] = {}
+        for lid in lids:
+            lo, hi = self.bounds[lid]
+            pos = self.cursor[lid]
+            seqs = list(range(pos, max(lo, pos - WALK_BATCH + 1) - 1, -1)) if self.newest else list(range(pos, min(hi, pos + WALK_BATCH - 1) + 1))
+            self.cursor[lid] = (seqs[-1] - 1 if self.newest else seqs[-1] + 1) if seqs else pos
+            lane = self.lanes[lid]
+            spans[lid] = seqs
+            wanted += [message_id(lane["actor"], lane["lane"], q) for q in seqs]
+        found = {d["_id"]: d for d in self.ledger.by_ids(wanted)} if wanted else {}
+        self.read += len(found)
+        for lid, seqs in spans.items():
+            lane = self.lanes[lid]
+            docs = [found[i] for i in (message_id(lane["actor"], lane["lane"], q) for q in seqs) if i in found]
+            self.buffers[lid].extend(docs)
+            if docs and self._past_window(docs[-1]):
+                self.cursor[lid] = self.bounds[lid][0] - 1 if self.newest else self.bounds[lid][1] + 1
+
+    def _past_window(self, doc: dict[str, Any]) -> bool:
+        # A lane's creation times follow its numbers to within the emitters' clocks: a second of
+        # slack before stopping at a date bound.
+        created = as_aware(doc["created_at"])
+        slack = timedelta(seconds=1)
+        if self.stop_before is not None and created + slack < self.stop_before:
+            return True
+        return self.stop_after is not None and created - slack > self.stop_after
+
+    def take(self, predicate: Callable[[dict[str, Any]], bool], n: int) -> tuple[list[dict[str, Any]], bool]:
+        """The first `n` messages that satisfy `predicate`, in walk order; and whether the walk
+        reached the end of every lane (then the count is exact)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < n:
+            empty = [lid for lid, buf in self.buffers.items() if not buf and not self._exhausted(lid)]
+            if empty:
+                if self.read >= WALK_CAP:
+                    return out, False
+                self._fill(empty)
+                continue
+            heads = [(buf[0], lid) for lid, buf in self.buffers.items() if buf]
+            if not heads:
+                return out, True
+            key = (lambda h: (h[0]["created_at"], h[0]["seq"]))
+            doc, lid = (max if self.newest else min)(heads, key=key)
+            self.buffers[lid].pop(0)
+            if predicate(doc):
+                out.append(doc)
+        done = all(not buf and self._exhausted(lid) for lid, buf in self.buffers.items())
+        return out, done
+
+
+def _matches(doc: dict[str, Any], status: str | None, event: str | None, since: datetime | None,
+             until: datetime | None, text: str | None, correlation_id: str | None = None) -> bool:
+    if status is not None and doc["status"] != str(status):
+        return False
+    if event is not None and doc["event"] != str(event):
+        return False
+    if correlation_id is not None and doc.get("correlation_id") != str(correlation_id):
+        return False
+    created = as_aware(doc["created_at"])
+    if since is not None and created < since:
+        return False
+    if until is not None and created >= until:
+        return False
+    if text:
+        needle = str(text).casefold()
+        return needle in search_text(doc.get("payload"), doc.get("correlation_id")).casefold() or doc["_id"] == text
+    return True
+
+
+def _removable(doc: dict[str, Any], older_than: datetime, custody: set[int]) -> bool:
+    settled = as_aware(doc.get("settled_at") or doc.get("finished_at"))
+    return doc["seq"] not in custody and tr.is_final(doc["status"]) and settled is not None and settled < older_than
 
 
 def _count(tally: Tally, doc: dict[str, Any]) -> None:

@@ -320,6 +320,9 @@ class Collection:
     def update_one(self, filter: dict[str, Any], update: dict[str, Any], upsert: bool = False) -> Any:  # noqa: A002
         return self._call("update_one", True, lambda raw: raw.update_one(filter, update, upsert=upsert))
 
+    def replace_one(self, filter: dict[str, Any], doc: dict[str, Any], upsert: bool = False) -> Any:  # noqa: A002
+        return self._call("replace_one", True, lambda raw: raw.replace_one(filter, doc, upsert=upsert))
+
     def update_many(self, filter: dict[str, Any], update: dict[str, Any]) -> Any:  # noqa: A002
         return self._call("update_many", True, lambda raw: raw.update_many(filter, update))
 

@@ -108,10 +108,6 @@ def test_admin_api_search_matches_payload_keys_values_correlation_and_edits_in_t
     resp = operator.put(f"/api/messages/{blocked.failed_id}/payload", json={"payload": dict(failed["payload"], note="zebra-7", amount=5), "expected_version": version})
     assert resp.status_code == 200, resp.get_json()
     assert found("zebra-7") == [blocked.failed_id] and found("pwned") == []
-    # it is stored with the message, so that MongoDB evaluates the search (no payload leaves it)
-    with backend.ledger.store.op() as db:
-        stored = db.messages.find_one({"_id": blocked.failed_id})
-    assert "zebra-7" in stored["search"] and failed["correlation_id"] in stored["search"]
 
 
 def test_admin_api_consistency_flags_messages_missing_from_the_broker(backend: Backend, users: UserStore, blocked: Blocked) -> None:

@@ -18,7 +18,7 @@ def table(client: FlaskClient, query: str = "") -> str:
 
 
 def listed_ids(html: str) -> list[str]:
-    return re.findall(r'href="/messages/([0-9a-f]+)"', html)
+    return re.findall(r'href="/messages/([^"/]+)"', html)
 
 
 def test_admin_lists_actor_page_is_newest_first_with_an_oldest_first_option(viewer: FlaskClient, blocked: Blocked) -> None:
