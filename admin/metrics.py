@@ -33,7 +33,7 @@ from admin.alerts import AlertRules, Rule, evaluate
 from admin.auth import require_role
 from admin.board import Overview, build_overview
 from admin.users import Role
-from backend.errors import ConfigError, ValidationError
+from backend.errors import ValidationError
 from backend.ledger import as_aware
 from backend.values import Status
 
@@ -43,12 +43,9 @@ bp = Blueprint("metrics", __name__)
 
 
 def init_app(app: Flask, env: Mapping[str, str]) -> None:
-    """Read the alert rules and ADMIN_METRICS_PUBLIC (ConfigError on bad values), build the
-    app's registry and register the routes."""
-    raw = str(env.get("ADMIN_METRICS_PUBLIC", "")).strip().lower()
-    if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"ADMIN_METRICS_PUBLIC={raw!r} must be 1 or 0")
-    app.config["ADMIN_METRICS_PUBLIC"] = raw in ("1", "true", "yes", "on")
+    """Read the alert rules (ConfigError on bad values), build the app's registry and register
+    the routes. ADMIN_METRICS_PUBLIC is read with the console's settings (admin.config)."""
+    app.config["ADMIN_METRICS_PUBLIC"] = app.config["ADMIN"].metrics_public
     app.extensions["fifoq_alert_rules"] = AlertRules.from_env(env)
     registry = CollectorRegistry()
     registry.register(ConsoleCollector(app))

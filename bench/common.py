@@ -11,10 +11,16 @@ from typing import Any, Iterator
 
 import requests
 
-from backend.settings import Settings
+from backend.settings import EnvSettings, Settings, setting
 from backend.store import Store
 from backend.values import QueueType
 from bench import baseline
+
+
+class BenchSettings(EnvSettings):
+    # A tag in the benchmark's queue prefix (bench-TAG...), so a caller (tests/test_bench.py)
+    # recognises its own queues among others.
+    tag: str = setting("BENCH_TAG", "", pattern=r"^[a-z0-9-]*$", max_length=20)
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,7 @@ def base_settings(opts: Options) -> Settings:
 @contextlib.contextmanager
 def bench_settings(name: str, opts: Options, **changes: Any) -> Iterator[Settings]:
     """Settings with the benchmark's own prefix and embedded database; removes both afterwards."""
-    # BENCH_TAG lets a caller (tests/test_bench.py) recognise its own queues among others.
-    prefix = f"bench-{os.environ.get('BENCH_TAG', '')}{name}-{uuid.uuid4().hex[:6]}"
+    prefix = f"bench-{BenchSettings.from_env().tag}{name}-{uuid.uuid4().hex[:6]}"
     s = base_settings(opts).with_(prefix=prefix, mongodb_url=f"mongomock://{prefix}", mongodb_db=f"db_{prefix}", **changes)
     try:
         yield s

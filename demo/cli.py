@@ -23,13 +23,18 @@ from backend.app import Backend
 from backend.errors import BrokerUnavailable, ConfigError, FifoqError, ValidationError
 from backend.logs import configure
 from backend.metrics import PipelineMetrics, instrument_emitter
-from backend.settings import Settings, redact_url
+from backend.settings import EnvSettings, Settings, redact_url, setting
 from connectors.metrics import WorkerCollector, serve
 from demo.scenarios import ACTORS, DEFAULT_RATE, Player, declare
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ADMIN_PASSWORD = "fifoq-demo"
+
+
+class DemoSettings(EnvSettings):
+    admin_password: str = setting("DEMO_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, secret=True)
+
 DEMO_USERS = (("operator", "operator-demo", "operator"), ("viewer", "viewer-demo", "viewer"))
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
@@ -195,7 +200,7 @@ def _create_users(users: Any) -> list[tuple[str, str, str]]:
     """The demo logins: (name, password, role). Existing users (real MongoDB) are left unchanged."""
     from admin.users import Role
 
-    admin_password = os.environ.get("DEMO_ADMIN_PASSWORD", "") or DEFAULT_ADMIN_PASSWORD
+    admin_password = DemoSettings.from_env().admin_password
     wanted = [("admin", admin_password, Role.ADMIN.value)] + list(DEMO_USERS)
     out = []
     for name, password, role in wanted:

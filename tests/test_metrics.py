@@ -229,9 +229,9 @@ def test_console_alert_settings_fail_fast(backend: Backend, var: str, raw: str) 
 
 
 def test_alert_rules_from_env_defaults_and_values() -> None:
-    assert AlertRules.from_env({}) == AlertRules(5.0, 1000, True)
+    assert AlertRules.from_env({}) == AlertRules(blocked_minutes=5.0, queue_depth=1000, no_consumer=True)
     assert AlertRules.from_env({"ADMIN_ALERT_BLOCKED_MINUTES": "0.5", "ADMIN_ALERT_QUEUE_DEPTH": "10",
-                                "ADMIN_ALERT_NO_CONSUMER": "0"}) == AlertRules(0.5, 10, False)
+                                "ADMIN_ALERT_NO_CONSUMER": "0"}) == AlertRules(blocked_minutes=0.5, queue_depth=10, no_consumer=False)
 
 
 # -- the console ---------------------------------------------------------------------------------
