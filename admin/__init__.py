@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from admin import auth, security
 from admin.config import AdminConfig
+from admin.correlation import CorrelationMiddleware
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
 from backend.app import Backend
@@ -57,6 +58,7 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     admin_cfg = AdminConfig.from_env(env)
 
     app = Flask(__name__)
+    app.wsgi_app = CorrelationMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=admin_cfg.secret_key,
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=admin_cfg.session_minutes),
