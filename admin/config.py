@@ -11,7 +11,6 @@ from backend.settings import EnvSettings, setting
 
 log = logging.getLogger(__name__)
 
-ENVIRONMENTS = ("production", "development", "testing")
 MIN_SECRET_LENGTH = 32
 
 
@@ -36,7 +35,7 @@ class AdminConfig(EnvSettings):
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _secret_key(self) -> "AdminConfig":
+    def _secret_key(self) -> AdminConfig:
         if not self.secret_key:
             if self.env == "production":
                 raise ValueError(

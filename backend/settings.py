@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from backend.errors import ConfigError
 from backend.values import QueueType
 
 MAX_PREFETCH = 2000  # RabbitMQ refuses a higher prefetch on quorum queues
 MAX_SHOWN = 60  # characters of a bad value quoted in an error message
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _PREFIX_RE = r"^[a-z0-9][a-z0-9_.-]{0,40}$"
 _AMQP_TLS_FILES = ("AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE")
@@ -63,7 +64,7 @@ def setting(env: str, default: Any, *, secret: bool = False, doc: str = "", **co
         doc: a one-line description.
         constraints: pydantic's ge, gt, le, lt, pattern, min_length...
     """
-    extra = {"secret": True} if secret else None
+    extra: JsonDict | None = {"secret": True} if secret else None
     return Field(default, validation_alias=env, description=doc or None, json_schema_extra=extra, repr=not secret,
                  **constraints)
 
@@ -74,20 +75,37 @@ class EnvSettings(BaseModel):
     model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, extra="forbid",
                               allow_inf_nan=False, str_strip_whitespace=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _flags_any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """1/0, true/false, yes/no, on/off in any case (pydantic alone is case-sensitive)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is bool and isinstance(value, str):
+            return value.strip().lower()
+        return value
+
     @classmethod
     def variables(cls) -> dict[str, str]:
         """{environment variable: field name} of this group."""
         return {str(f.validation_alias): name for name, f in cls.model_fields.items() if f.validation_alias}
 
     @classmethod
-    def from_env(cls: type[M], env: Mapping[str, str] | None = None) -> M:
-        """Build and validate the group. Raises ConfigError (one line, naming the variable)."""
+    def from_env(cls: type[M], env: Mapping[str, str] | None = None, *,
+                 defaults: Mapping[str, str] | None = None) -> M:
+        """Build and validate the group. Raises ConfigError (one line, naming the variable).
+
+        Args:
+            env: the variables (os.environ when None).
+            defaults: values for variables `env` leaves unset, e.g. the demo's ADMIN_ENV=development.
+        """
         env = os.environ if env is None else env
         given = {}
         for name in cls.variables():
-            raw = env.get(name)
-            if raw is not None and str(raw).strip():
-                given[name] = str(raw)
+            for source in (env, defaults or {}):
+                raw = source.get(name)
+                if raw is not None and str(raw).strip():
+                    given[name] = str(raw)
+                    break
         try:
             return cls.model_validate(given)
         except pydantic.ValidationError as exc:
@@ -235,7 +253,7 @@ class Settings(EnvSettings):
         return value
 
     @model_validator(mode="after")
-    def _tls(self) -> "Settings":
+    def _tls(self) -> Settings:
         """The client certificate and its key go together, and only with amqps:// URLs (a CA
         with a plain-text URL would be a false comfort)."""
         if bool(self.amqp_cert_file) != bool(self.amqp_key_file):
