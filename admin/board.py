@@ -15,7 +15,7 @@ from typing import Any
 
 from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI
 from backend.app import Backend
-from backend.errors import StoreError
+from backend.errors import FifoqError, StoreError
 from backend.ledger import as_aware, run_state, utcnow
 from backend.values import FINAL_STATUSES, Status
 
@@ -141,7 +141,8 @@ def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_err
                     explanation=f"the broker holds {total} but the ledger has {queued} queued: {queued - total} missing from the queue")
     if total > out["expected_max"]:
         return dict(out, status="extra", ok=False,
-                    explanation=f"the broker holds {total}, more than the ledger's {out['expected_max']} open: duplicates or settled envelopes (consumers skip them)")
+                    explanation=f"the broker holds {total}, more than the ledger's {out['expected_max']} open: "
+                                "duplicates or settled envelopes (consumers skip them)")
     return dict(out, status="ok", ok=True, explanation="the broker holds what the ledger expects")
 
 
@@ -278,7 +279,7 @@ def actor_detail(backend: Backend, api: RabbitAPI, name: str) -> dict[str, Any]:
     if doc.get("blocked"):
         try:
             head = backend.ledger.message(doc["blocked"]["message_id"])
-        except Exception:  # the message vanished (manual cleanup): show the actor anyway
+        except FifoqError:  # the message vanished (manual cleanup): show the actor anyway
             log.warning("actor=%s blocked on message=%s which is not in the ledger", name, doc["blocked"].get("message_id"))
     row.update(
         key_blocks=blocked_keys(backend, name) if doc.get("keyed") else [],

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.wsgi import ClosingIterator
 
 from backend.logs import bind, unbind
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 HEADER = "X-Correlation-Id"
 ENVIRON_KEY = "fifoq.correlation_id"
@@ -28,15 +32,15 @@ class CorrelationMiddleware:
     """WSGI middleware: binds the id before the app runs and unbinds it once the server closed
     the answer (after it wrote its request line)."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
-    def __call__(self, wsgi_environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, wsgi_environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         cid = request_id(wsgi_environ.get("HTTP_X_CORRELATION_ID"))
         wsgi_environ[ENVIRON_KEY] = cid
         token = bind(cid)
 
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:  # StartResponse
             headers.append((HEADER, cid))
             return start_response(status, headers, exc_info)
 

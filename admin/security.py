@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge

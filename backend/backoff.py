@@ -13,8 +13,9 @@ jitter (a FIFO consumer retries one thing at a time; nothing stampedes):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -60,7 +61,7 @@ def relay(interval: float) -> Backoff:
     return Backoff(first=interval, factor=2.0, maximum=max(interval, RELAY_MAX_SECONDS))
 
 
-def transient(settings: "Settings") -> Backoff:
+def transient(settings: Settings) -> Backoff:
     """The schedule of a handler's transient retries."""
     return Backoff(first=settings.transient_backoff, factor=2.0,
                    maximum=max(settings.transient_backoff, settings.transient_backoff_max))

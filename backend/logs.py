@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -64,7 +65,13 @@ def install() -> None:
     _installed = True
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    _StreamHandler = logging.StreamHandler[TextIO]  # generic in typeshed, not at run time
+else:
+    _StreamHandler = logging.StreamHandler
+
+
+class _StderrHandler(_StreamHandler):
     """Writes to the sys.stderr of the moment (as logging.lastResort does), so that a test
     runner swapping sys.stderr never leaves the handler on a closed stream."""
 
@@ -72,7 +79,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self._fixed = stream
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return self._fixed or sys.stderr
 

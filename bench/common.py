@@ -6,8 +6,9 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
@@ -35,7 +36,7 @@ class Options:
     quick: bool = False
 
     @classmethod
-    def quick_mode(cls, messages: int = 200, **kw: Any) -> "Options":
+    def quick_mode(cls, messages: int = 200, **kw: Any) -> Options:
         return cls(messages=messages, actors=50, rate=200.0, latency_messages=min(messages, 200), requests=3,
                    quick=True, **kw)
 
@@ -88,7 +89,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1)))))
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
 
 
@@ -122,7 +123,7 @@ def api(settings: Settings, path: str, **params: Any) -> Any:
 
 def cleanup(settings: Settings) -> None:
     """Delete every queue and exchange named `<prefix>.*` (over AMQP: fast with 1,000 queues)."""
-    names = {"queues": [], "exchanges": []}
+    names: dict[str, list[str]] = {"queues": [], "exchanges": []}
     for kind in names:
         for item in api(settings, kind, columns="name"):
             if item["name"].startswith(settings.prefix + "."):

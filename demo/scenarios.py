@@ -21,8 +21,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from backend import backoff
 from backend.app import Backend
@@ -195,8 +196,9 @@ class Scenario:
         rng = self._rng
         name, email = rng.choice(CUSTOMERS)
         picked = rng.sample(PRODUCTS, rng.randint(1, 3))
-        items = [{"sku": sku, "qty": rng.randint(1, 3)} for sku, _ in picked]
-        amount = round(sum(price * it["qty"] for (_, price), it in zip(picked, items)), 2)
+        quantities = [rng.randint(1, 3) for _ in picked]
+        items = [{"sku": sku, "qty": qty} for (sku, _), qty in zip(picked, quantities, strict=True)]
+        amount = round(sum(price * qty for (_, price), qty in zip(picked, quantities, strict=True)), 2)
         return _Order(f"O-{n:04d}", {"name": name, "email": email}, items, amount, rng.choice(CURRENCIES))
 
 
