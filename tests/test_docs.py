@@ -68,7 +68,8 @@ FENCE_RE = re.compile(r"^(\s*)```(.*)$")
 INLINE_RE = re.compile(r"(`+)(.+?)\1", re.S)  # a backquoted span of the prose
 PYMOD_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+([A-Za-z_][\w.]*)(.*)$")
 VENV_BIN_RE = re.compile(r"(?:^|[\s;&|(`])\.venv/bin/([\w.+-]+)")
-BARE_CLI_RE = re.compile(r"^(" + "|".join(CLIS) + r")\s+([\w-]+)")
+# `fifoq status` runs as written (the console script); `backend status` does not
+BARE_CLI_RE = re.compile(r"^(" + "|".join(c for c in CLIS if c != "fifoq") + r")\s+([\w-]+)")
 BENCH_ARGS_RE = re.compile(r"\bBENCH_ARGS=(\"[^\"]*\"|'[^']*'|[^\s`\"';)]+)")
 # a commit hash as people write one: an abbreviation (7-12) or a full hash (40), or any hex run
 # right after the word "commit"; pure digits (1000000) are numbers, not hashes
