@@ -13,11 +13,12 @@ RUN groupadd --system --gid 10001 fifoq \
  && useradd --system --uid 10001 --gid fifoq --home-dir /app --shell /usr/sbin/nologin fifoq
 
 WORKDIR /app
-# Dependencies first, so that code changes do not reinstall them.
-COPY pyproject.toml README.md* ./
-RUN mkdir -p backend connectors admin && pip install . && pip uninstall -y fifoq
+# Dependencies first, so that code changes do not reinstall them: the exact versions of the lock
+# file, checked against their hashes; then the project itself, without dependencies.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY . .
-RUN pip install . && chown -R fifoq:fifoq /app
+RUN pip install --no-deps . && chown -R fifoq:fifoq /app
 
 USER fifoq
 # `python -m demo` and `python -m bench` run from /app (the working directory is on sys.path).

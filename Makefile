@@ -3,11 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+LOCK := requirements-dev.lock
+PIP := $(VPY) -m pip --disable-pip-version-check
 
-.PHONY: help venv broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
+.PHONY: help venv lock lint broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
 
 help:
-	@echo "make venv          create .venv and install the project with its test extra"
+	@echo "make venv          create .venv: the exact versions of requirements-dev.lock, then the project"
+	@echo "make lock          re-pin requirements.lock and requirements-dev.lock after a change of pyproject.toml"
+	@echo "make lint          ruff, mypy and the import-linter layering contracts (pyproject.toml)"
 	@echo "make broker        make sure RabbitMQ with the management API is reachable"
 	@echo "make test          run the test suite (PYTEST_ADDOPTS is passed through)"
 	@echo "make demo          run the demo (prints the admin console URL)"
@@ -21,15 +25,27 @@ help:
 
 venv: $(VENV)/.stamp
 
-# Re-install only when pyproject.toml changed.
-$(VENV)/.stamp: pyproject.toml
+# Re-install only when pyproject.toml or the lock file changed. Every dependency comes from the
+# lock file, checked against its hashes; the project itself is installed without dependencies.
+$(VENV)/.stamp: pyproject.toml $(LOCK)
 	@if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 	  scripts/apt_install.sh python3-venv || { echo "venv: install python3-venv" >&2; exit 1; }; \
 	fi
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# pip-compile (pip-tools, pinned in the lock) with hashes; pyproject.toml keeps the ranges.
+LOCK_FLAGS := --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --quiet
+lock: venv
+	$(VPY) -m piptools compile $(LOCK_FLAGS) -o requirements.lock pyproject.toml
+	$(VPY) -m piptools compile $(LOCK_FLAGS) --extra test --extra dev --extra bench -o $(LOCK) pyproject.toml
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 broker:
 	@scripts/ensure_rabbitmq.sh

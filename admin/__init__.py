@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from admin import auth, security, timefmt
 from admin.config import AdminConfig
+from admin.correlation import CorrelationMiddleware
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
 from backend.app import Backend
@@ -56,6 +57,7 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     admin_cfg = AdminConfig.from_env(env)
 
     app = Flask(__name__)
+    app.wsgi_app = CorrelationMiddleware(app.wsgi_app)  # type: ignore[method-assign,assignment]  # as Flask's docs do
     app.config.update(
         SECRET_KEY=admin_cfg.secret_key,
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=admin_cfg.session_minutes),
@@ -79,11 +81,11 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
         app.config["MAX_CONTENT_LENGTH"] = security.body_limit(backend.settings.max_payload_bytes)
     auth.init_app(app)
     security.init_app(app, env, app.extensions["fifoq_users"].store)
-    from admin import api, views  # noqa: E402  (blueprints need the app's extensions at request time only)
+    from admin import api, views  # here: the blueprints need the app's extensions at request time only
 
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp, url_prefix="/api")
-    from admin import metrics  # noqa: E402  (/metrics, /api/alerts, /api/charts)
+    from admin import metrics  # /metrics, /api/alerts, /api/charts
 
     metrics.init_app(app, env)
     from admin import releases, repair_api, repair_views, trace  # noqa: E402  (failures board, releases, trace)

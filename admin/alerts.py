@@ -1,7 +1,8 @@
 """Alert rules evaluated on the board's rows: shown on the overview, served as JSON under
 /api/alerts and exported as fifoq_alert_firing{rule,actor} on /metrics.
 
-Configured from the environment (or create_app's config), validated at start-up:
+Configured from the environment (or create_app's config), validated at start-up by
+backend.settings' parser:
 
 - ADMIN_ALERT_BLOCKED_MINUTES (default 5): an actor blocked at least this long. 0 fires at once.
 - ADMIN_ALERT_QUEUE_DEPTH (default 1000): a queue holding at least this many messages (the
@@ -27,12 +28,12 @@ its own delay before paging.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from admin.watch import Sample
-from backend.errors import ConfigError
+from backend.settings import EnvSettings, setting
 
 
 class Rule(str, Enum):
@@ -42,28 +43,15 @@ class Rule(str, Enum):
     DIVERGENCE = "divergence"
 
 
-@dataclass(frozen=True)
-class AlertRules:
-    blocked_minutes: float = 5.0
-    queue_depth: int = 1000
-    no_consumer: bool = True
-    persist_seconds: float = 60.0
-    broker_lag_seconds: float = 15.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "AlertRules":
-        """Raises ConfigError naming the variable on bad input."""
-        d = cls()
-        return cls(
-            blocked_minutes=_number(env, "ADMIN_ALERT_BLOCKED_MINUTES", d.blocked_minutes, float),
-            queue_depth=int(_number(env, "ADMIN_ALERT_QUEUE_DEPTH", d.queue_depth, int)),
-            no_consumer=_flag(env, "ADMIN_ALERT_NO_CONSUMER", d.no_consumer),
-            persist_seconds=_number(env, "ADMIN_ALERT_PERSIST_SECONDS", d.persist_seconds, float),
-            broker_lag_seconds=_number(env, "ADMIN_BROKER_STATS_LAG_SECONDS", d.broker_lag_seconds, float),
-        )
+class AlertRules(EnvSettings):
+    blocked_minutes: float = setting("ADMIN_ALERT_BLOCKED_MINUTES", 5.0, ge=0.0, le=525_600.0)
+    queue_depth: int = setting("ADMIN_ALERT_QUEUE_DEPTH", 1000, ge=0)
+    no_consumer: bool = setting("ADMIN_ALERT_NO_CONSUMER", True)
+    persist_seconds: float = setting("ADMIN_ALERT_PERSIST_SECONDS", 60.0, ge=0.0, le=86_400.0)
+    broker_lag_seconds: float = setting("ADMIN_BROKER_STATS_LAG_SECONDS", 15.0, ge=0.0, le=3_600.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 @dataclass(frozen=True)
@@ -77,30 +65,6 @@ class Alert:
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule.value, "actor": self.actor, "message": self.message,
                 "value": self.value, "threshold": self.threshold}
-
-
-def _number(env: Mapping[str, str], name: str, default: float, kind: type) -> float:
-    raw = str(env.get(name, "")).strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be >= 0")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = str(env.get(name, "")).strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={raw!r} must be 1 or 0")
 
 
 def depth_of(row: dict[str, Any]) -> int | None:

@@ -143,7 +143,7 @@ def messages(name: str) -> Any:
 def pause(name: str) -> Any:
     """POST /api/actors/payment/pause {"reason": "provider maintenance"}"""
     data = body()
-    return ok(backend().operations.pause(name, acting_user(), data.get("reason")))
+    return ok(backend().operations.pause(name, acting_user(), data.get("reason", "")))
 
 
 @bp.route("/actors/<name>/resume", methods=["POST"])
@@ -200,7 +200,7 @@ def cancel(message_id: str) -> Any:
     data = body()
     if data.get("confirm") is not True:
         raise ValidationError('cancelling is final: send "confirm": true')
-    return ok(backend().operations.cancel(message_id, acting_user(), data.get("reason")))
+    return ok(backend().operations.cancel(message_id, acting_user(), data.get("reason", "")))
 
 
 # -- audit ---------------------------------------------------------------------------------------
@@ -210,7 +210,8 @@ def audit() -> Any:
     """GET /api/audit?user=alice&actor=payment&action=edit&message_id=...&page=1"""
     filters = {k: text_filter(request.args, k) for k in ("user", "actor", "action", "message_id")}
     page = page_param(request.args, 100)
-    rows, total = backend().audit.find(**filters, skip=page.skip, limit=page.per_page)
+    rows, total = backend().audit.find(user=filters["user"], actor=filters["actor"], action=filters["action"],
+                                       message_id=filters["message_id"], skip=page.skip, limit=page.per_page)
     return ok({"items": rows, "total": total, "page": page.number, "per_page": page.per_page, "pages": page.count(total)})
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, abort, current_app, flash, g, jsonify, make_response, redirect, render_template,
-                   request, session, url_for)
+from flask import Blueprint, Flask, abort, current_app, flash, g, jsonify, make_response, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
 

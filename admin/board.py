@@ -16,7 +16,7 @@ from typing import Any
 from admin.consistency import consistency
 from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI
 from backend.app import Backend
-from backend.errors import StoreError
+from backend.errors import FifoqError, StoreError
 from backend.ledger import as_aware, run_state, utcnow
 from backend.values import FINAL_STATUSES, Status
 
@@ -228,7 +228,7 @@ def actor_detail(backend: Backend, api: RabbitAPI, name: str) -> dict[str, Any]:
     if doc.get("blocked"):
         try:
             head = backend.ledger.message(doc["blocked"]["message_id"])
-        except Exception:  # the message vanished (manual cleanup): show the actor anyway
+        except FifoqError:  # the message vanished (manual cleanup): show the actor anyway
             log.warning("actor=%s blocked on message=%s which is not in the ledger", name, doc["blocked"].get("message_id"))
     row.update(
         key_blocks=blocked_keys(backend, name) if doc.get("keyed") else [],

@@ -1,34 +1,72 @@
-"""Command line: `python -m admin create-user NAME --role admin`, `python -m admin serve`,
-`python -m admin provision ACTOR...` (least-privilege RabbitMQ users, see admin.provision) and
-`python -m admin notify` (webhooks on block and unblock, see admin.notifier)."""
+"""Command line of the console: `fifoq admin create-user NAME --role admin`, `fifoq admin serve`,
+`fifoq admin provision ACTOR...` (least-privilege RabbitMQ users, see admin.provision) and
+`fifoq admin notify` (webhooks on block and unblock, see admin.notifier).
+`python -m admin ...` is the same; exit codes and errors follow backend.commandline."""
 from __future__ import annotations
 
-import argparse
 import getpass
 import logging
-import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any
+
+import click
 
 from admin.config import AdminConfig
 from admin.users import Role, UserStore
-from backend.errors import ConfigError, FifoqError
+from backend.commandline import PORT, Group, check_port, run
+from backend.errors import ConfigError, ValidationError
 from backend.settings import Settings
 from backend.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def _read_password(from_stdin: bool, stdin: TextIO) -> str:
+def read_password(from_stdin: bool) -> str:
     if from_stdin:
-        return stdin.readline().rstrip("\r\n")
+        return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("Password: ")
     if first != getpass.getpass("Password again: "):
-        raise ValueError("the two passwords differ")
+        raise ValidationError("the two passwords differ")
     return first
 
 
-def create_user(args: argparse.Namespace, stdin: TextIO) -> int:
+def bootstrap_admin(users: UserStore, name: str, password: str) -> None:
+    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
+    the embedded store, whose data lives in the console's process)."""
+    if name and password and users.count() == 0:
+        users.create(name, password, Role.ADMIN)
+        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
+
+
+def serve_console(host: str | None, port: int | None) -> None:
+    """Run the console until interrupted (ADMIN_HOST/ADMIN_PORT unless given)."""
+    from admin import create_app
+
+    cfg = AdminConfig.from_env()
+    host, port = host or cfg.host, port or cfg.port
+    check_port(host, port, "ADMIN_PORT or --port")
+    app = create_app()
+    bootstrap_admin(app.extensions["fifoq_users"], app.config["ADMIN"].bootstrap_user,
+                    app.config["ADMIN"].bootstrap_password)
+    log.info("serving the admin console on http://%s:%d", host, port)
+    # Werkzeug's server is fine for a handful of operators; put a WSGI server (gunicorn) in
+    # front for anything more: `gunicorn 'admin:create_app()'`.
+    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+
+
+@click.group(cls=Group, name="admin")
+def cli() -> None:
+    """The fifoq admin console."""
+
+
+@cli.command("create-user")
+@click.argument("name")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default=Role.VIEWER.value, show_default=True)
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@click.option("--allow-embedded", is_flag=True, hidden=True)
+def create_user(name: str, role: str, password_stdin: bool, allow_embedded: bool) -> None:
+    """Create a console user (in MongoDB: MONGODB_URL)."""
     settings = Settings.from_env()
     if settings.mongodb_url.startswith("embedded://"):
         raise ConfigError(
@@ -36,55 +74,67 @@ def create_user(args: argparse.Namespace, stdin: TextIO) -> int:
             "ADMIN_BOOTSTRAP_USER/ADMIN_BOOTSTRAP_PASSWORD instead"
         )
     store = Store.open(settings)
-    if store.embedded and not args.allow_embedded:
+    if store.embedded and not allow_embedded:
         raise ConfigError(
             "MONGODB_URL is not set: a user created in the embedded store vanishes when this command exits "
             "(set MONGODB_URL, or start the console with ADMIN_BOOTSTRAP_USER/ADMIN_BOOTSTRAP_PASSWORD)"
         )
-    password = _read_password(args.password_stdin, stdin)
-    user = UserStore(store).create(args.name, password, args.role)
-    print(f"created user {user.name} with role {user.role.value}")
-    return 0
+    user = UserStore(store).create(name, read_password(password_stdin), role)
+    click.echo(f"created user {user.name} with role {user.role.value}")
 
 
-def serve(args: argparse.Namespace, stdin: TextIO) -> int:
-    from admin import create_app
-
-    cfg = AdminConfig.from_env()
-    app = create_app()
-    bootstrap_admin(app.extensions["fifoq_users"], os.environ)
-    host = args.host or cfg.host
-    port = args.port or cfg.port
-    log.info("serving the admin console on http://%s:%d", host, port)
-    # Werkzeug's server is fine for a handful of operators; put a WSGI server (gunicorn) in
-    # front for anything more: `gunicorn 'admin:create_app()'`.
-    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
-    return 0
+@cli.command()
+@click.option("--host", default=None, help="address to listen on (default: ADMIN_HOST, 127.0.0.1)")
+@click.option("--port", type=PORT, default=None, help="port (default: ADMIN_PORT, 5000)")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the console (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000)."""
+    serve_console(host, port)
 
 
-def provision(args: argparse.Namespace, stdin: TextIO) -> int:
-    """Least-privilege vhost, users, permissions, policy and topology (see admin.provision)."""
+@cli.command()
+@click.argument("actors", nargs=-1, metavar="[ACTOR[:LANES]]...")
+@click.option("--vhost", default=None, help="virtual host (default: FIFOQ_VHOST, 'fifoq')")
+@click.option("--from-ledger", is_flag=True, help="also every actor registered in the ledger")
+@click.option("--rotate", multiple=True, metavar="USER",
+              help="give USER a new generated password ('all' for every user); repeatable")
+@click.option("--guest", type=click.Choice(["restrict", "delete", "keep"]), default="restrict", show_default=True,
+              help="restrict: guest loses its tags and every permission (only those on the vhost when guest runs "
+                   "the provisioning); delete: delete guest; keep: leave it")
+def provision(actors: tuple[str, ...], vhost: str | None, from_ledger: bool, rotate: tuple[str, ...], guest: str) -> None:
+    """Create the vhost, least-privilege broker users, permissions, policy and queues (idempotent).
+
+    Through the management API as an administrator (RABBITMQ_API_URL/USER/PASSWORD). Passwords
+    come from PROVISION_<COMPONENT>_PASSWORD or are generated and printed once.
+    """
     from admin import provision as prov
     from admin.rabbitmq_api import RabbitAdminAPI
 
     settings = Settings.from_env()
-    ledger_actors: list = []
-    if args.from_ledger:
+    ledger_actors: list[Any] = []
+    if from_ledger:
         from backend.app import open_ledger
 
         ledger_actors = open_ledger(settings).actors()
-    actors = prov.actors_from(args.actors, settings, ledger_actors)
+    plans = prov.actors_from(actors, settings, ledger_actors)
     api = RabbitAdminAPI(settings.api_url, settings.api_user, settings.api_password, verify=settings.api_verify)
-    vhost = args.vhost or os.environ.get("FIFOQ_VHOST", "").strip() or prov.DEFAULT_VHOST
-    result = prov.provision(api, settings, actors, vhost=vhost, rotate=args.rotate, guest=args.guest)
+    result = prov.provision(api, settings, plans, vhost=vhost or settings.vhost, rotate=list(rotate), guest=guest)
     # Passwords go to stdout once, for the operator to store; never to the log.
     for line in prov.report(result, settings):
-        print(line)
-    return 0
+        click.echo(line)
 
 
-def notify(args: argparse.Namespace, stdin: TextIO) -> int:
-    """The webhook notifier (admin.notifier): one per deployment; a second one waits as a standby."""
+@cli.command()
+@click.option("--once", is_flag=True, help="one round (note the blocks, send what is due), then exit")
+@click.option("--allow-unconfigured", is_flag=True,
+              help="without any receiver configured, stay up and send nothing instead of exiting with an error "
+                   "(a compose service switched on by setting the variables)")
+@click.option("--metrics-port", type=PORT, default=None, help="serve Prometheus metrics on this port (off by default)")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="address for --metrics-port")
+def notify(once: bool, allow_unconfigured: bool, metrics_port: int | None, metrics_addr: str) -> None:
+    """Send signed webhooks when actors block and unblock (one per deployment; a second one waits
+    as a standby). Settings: ADMIN_NOTIFY_URL, ADMIN_NOTIFY_SECRET and per actor
+    ADMIN_NOTIFY_URL_<ACTOR>, ADMIN_NOTIFY_SECRET_<ACTOR> (docs/operations.md)."""
+    import os
     import signal
     import threading
 
@@ -94,7 +144,7 @@ def notify(args: argparse.Namespace, stdin: TextIO) -> int:
 
     settings = Settings.from_env()
     targets = NotifySettings.from_env(os.environ)
-    if not targets.configured and not args.allow_unconfigured:
+    if not targets.configured and not allow_unconfigured:
         raise ConfigError("nothing to notify: set ADMIN_NOTIFY_URL and ADMIN_NOTIFY_SECRET, or ADMIN_NOTIFY_URL_<ACTOR>")
     if settings.mongodb_url.startswith("embedded://"):
         # development: the served embedded ledger has no room for the notifier's own state
@@ -106,15 +156,16 @@ def notify(args: argparse.Namespace, stdin: TextIO) -> int:
         if store.embedded:
             raise ConfigError("set MONGODB_URL: the notifier reads the ledger the connectors write and keeps its state next to it")
     notifier = Notifier(open_ledger(settings), store, targets)
-    if args.once:
-        print(f"sent {notifier.tick() if targets.configured else 0} notification(s); {notifier.pending()} owed")
-        return 0
-    if args.metrics_port is not None:
+    if once:
+        click.echo(f"sent {notifier.tick() if targets.configured else 0} notification(s); {notifier.pending()} owed")
+        return
+    if metrics_port is not None:
         from prometheus_client import CollectorRegistry, start_http_server
 
+        check_port(metrics_addr, metrics_port, "--metrics-port")
         registry = CollectorRegistry()
         registry.register(NotifierCollector(notifier))
-        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+        start_http_server(metrics_port, addr=metrics_addr, registry=registry)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -122,75 +173,9 @@ def notify(args: argparse.Namespace, stdin: TextIO) -> int:
         # Noting blocks now would mark them "nothing to send" for good: wait for a configuration.
         log.warning("no webhook receiver configured (ADMIN_NOTIFY_URL, ADMIN_NOTIFY_URL_<ACTOR>): sending nothing")
         stop.wait()
-        return 0
+        return
     notifier.run(stop)
-    return 0
 
 
-def bootstrap_admin(users: UserStore, env: dict[str, str] | os._Environ) -> None:
-    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
-    the embedded store, whose data lives in the console's process)."""
-    name, password = env.get("ADMIN_BOOTSTRAP_USER", ""), env.get("ADMIN_BOOTSTRAP_PASSWORD", "")
-    if name and password and users.count() == 0:
-        users.create(name, password, Role.ADMIN)
-        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m admin", description="fifoq admin console")
-    sub = p.add_subparsers(dest="command", required=True)
-    cu = sub.add_parser("create-user", help="create a console user")
-    cu.add_argument("name")
-    cu.add_argument("--role", default=Role.VIEWER.value, choices=[r.value for r in Role])
-    cu.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
-    cu.add_argument("--allow-embedded", action="store_true", help=argparse.SUPPRESS)
-    cu.set_defaults(func=create_user)
-    sv = sub.add_parser("serve", help="run the console (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000)")
-    sv.add_argument("--host", default=None)
-    sv.add_argument("--port", type=int, default=None)
-    sv.set_defaults(func=serve)
-    pv = sub.add_parser(
-        "provision",
-        help="create the vhost, least-privilege broker users, permissions, policy and queues (idempotent)",
-        description="Through the management API as an administrator (RABBITMQ_API_URL/USER/PASSWORD). "
-                    "Passwords come from PROVISION_<COMPONENT>_PASSWORD or are generated and printed once.",
-    )
-    pv.add_argument("actors", nargs="*", metavar="ACTOR[:LANES]", help="actors to create a queue and a connector user for")
-    pv.add_argument("--vhost", default=None, help="virtual host (default: FIFOQ_VHOST or 'fifoq')")
-    pv.add_argument("--from-ledger", action="store_true", help="also every actor registered in the ledger")
-    pv.add_argument("--rotate", action="append", default=[], metavar="USER",
-                    help="give USER a new generated password ('all' for every user); repeatable")
-    pv.add_argument("--guest", default="restrict", choices=["restrict", "delete", "keep"],
-                    help="restrict (default): guest loses its tags and every permission (only those on the vhost "
-                         "when guest runs the provisioning); delete: delete guest; keep: leave it")
-    pv.set_defaults(func=provision)
-    nt = sub.add_parser("notify", help="send signed webhooks when actors block and unblock (one per deployment)",
-                        description="Settings: ADMIN_NOTIFY_URL, ADMIN_NOTIFY_SECRET and per actor ADMIN_NOTIFY_URL_<ACTOR>, "
-                                    "ADMIN_NOTIFY_SECRET_<ACTOR> (docs/operations.md).")
-    nt.add_argument("--once", action="store_true", help="one round (note the blocks, send what is due), then exit")
-    nt.add_argument("--allow-unconfigured", action="store_true",
-                    help="without any receiver configured, stay up and send nothing instead of exiting with an error "
-                         "(a compose service switched on by setting the variables)")
-    nt.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (off by default)")
-    nt.add_argument("--metrics-addr", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
-    nt.set_defaults(func=notify)
-    return p
-
-
-
-
-def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = parser()
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return args.func(args, stdin or sys.stdin)
-    except (FifoqError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(cli, argv, prog_name="python -m admin")

@@ -1,69 +1,55 @@
-"""The console's own settings, read from the environment and validated at start-up."""
+"""The console's own settings, read from the environment by backend.settings' parser."""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Literal
 
-from backend.errors import ConfigError
+from pydantic import field_validator, model_validator
+
+from backend.settings import EnvSettings, setting
 
 log = logging.getLogger(__name__)
 
-ENVIRONMENTS = ("production", "development", "testing")
 MIN_SECRET_LENGTH = 32
 
 
-@dataclass(frozen=True)
-class AdminConfig:
-    env: str
-    secret_key: str
-    session_minutes: int
-    host: str
-    port: int
+class AdminConfig(EnvSettings):
+    """ADMIN_SECRET_KEY is required in production; in development or testing a random key is
+    generated when it is unset (sessions then do not survive a restart)."""
 
-    @property
-    def development(self) -> bool:
-        return self.env in ("development", "testing")
+    env: Literal["production", "development", "testing"] = setting("ADMIN_ENV", "production")
+    secret_key: str = setting("ADMIN_SECRET_KEY", "", secret=True)
+    session_minutes: int = setting("ADMIN_SESSION_MINUTES", 60, ge=1, le=7 * 24 * 60)
+    host: str = setting("ADMIN_HOST", "127.0.0.1")
+    port: int = setting("ADMIN_PORT", 5000, ge=1, le=65535)
+    # True: /metrics answers without login (keep the console's port on a private network then).
+    metrics_public: bool = setting("ADMIN_METRICS_PUBLIC", False)
+    # A first admin created by `python -m admin serve` when there is no user yet.
+    bootstrap_user: str = setting("ADMIN_BOOTSTRAP_USER", "")
+    bootstrap_password: str = setting("ADMIN_BOOTSTRAP_PASSWORD", "", secret=True)
 
+    @field_validator("env", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "AdminConfig":
-        """Raises ConfigError naming the variable on bad input.
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
-        ADMIN_SECRET_KEY is required in production; in development or testing a random key is
-        generated (sessions then do not survive a restart).
-        """
-        env = os.environ if env is None else env
-        mode = env.get("ADMIN_ENV", "production").strip().lower() or "production"
-        if mode not in ENVIRONMENTS:
-            raise ConfigError(f"ADMIN_ENV={mode!r} must be one of {', '.join(ENVIRONMENTS)}")
-        secret = env.get("ADMIN_SECRET_KEY", "").strip()
-        if not secret:
-            if mode == "production":
-                raise ConfigError(
+    @model_validator(mode="after")
+    def _secret_key(self) -> AdminConfig:
+        if not self.secret_key:
+            if self.env == "production":
+                raise ValueError(
                     "ADMIN_SECRET_KEY is required (at least 32 random characters, e.g. "
                     "`python -c 'import secrets; print(secrets.token_hex(32))'`); "
                     "set ADMIN_ENV=development to use a throw-away key"
                 )
-            secret = secrets.token_hex(32)
-            log.warning("ADMIN_SECRET_KEY is not set: using a random key (ADMIN_ENV=%s); sessions end at restart", mode)
-        elif len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(f"ADMIN_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters long")
-        minutes = _int(env, "ADMIN_SESSION_MINUTES", 60, 1, 7 * 24 * 60)
-        port = _int(env, "ADMIN_PORT", 5000, 1, 65535)
-        host = env.get("ADMIN_HOST", "127.0.0.1").strip() or "127.0.0.1"
-        return cls(env=mode, secret_key=secret, session_minutes=minutes, host=host, port=port)
+            log.warning("ADMIN_SECRET_KEY is not set: using a random key (ADMIN_ENV=%s); sessions end at restart",
+                        self.env)
+            object.__setattr__(self, "secret_key", secrets.token_hex(32))  # the model is frozen
+        elif len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise ValueError(f"ADMIN_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters long")
+        return self
 
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name}={raw!r} must be between {lo} and {hi}")
-    return value
+    @property
+    def development(self) -> bool:
+        return self.env in ("development", "testing")

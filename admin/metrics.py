@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from flask_login import current_user
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -37,8 +37,8 @@ from admin.auth import require_role
 from admin.board import LEDGER_DOWN, Overview, build_overview
 from admin.users import Role
 from admin.watch import Watch, request_sample
-from backend.ledger import utcnow
-from backend.errors import ConfigError, ValidationError
+from backend.errors import ValidationError
+from backend.ledger import as_aware, utcnow
 from backend.values import Status
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,12 @@ bp = Blueprint("metrics", __name__)
 
 
 def init_app(app: Flask, env: Mapping[str, str]) -> None:
-    """Read the alert rules and ADMIN_METRICS_PUBLIC (ConfigError on bad values), build the
-    app's registry and register the routes."""
-    raw = str(env.get("ADMIN_METRICS_PUBLIC", "")).strip().lower()
-    if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"ADMIN_METRICS_PUBLIC={raw!r} must be 1 or 0")
-    app.config["ADMIN_METRICS_PUBLIC"] = raw in ("1", "true", "yes", "on")
-    rules = AlertRules.from_env(env)
-    app.extensions["fifoq_alert_rules"] = rules
-    app.extensions["fifoq_watch"] = Watch(app.extensions["fifoq_users"].store, rules.persist_seconds,
-                                          rules.broker_lag_seconds)
+    """Read the alert rules (ConfigError on bad values), build the app's registry and register
+    the routes. ADMIN_METRICS_PUBLIC is read with the console's settings (admin.config)."""
+    app.config["ADMIN_METRICS_PUBLIC"] = app.config["ADMIN"].metrics_public
+    app.extensions["fifoq_alert_rules"] = AlertRules.from_env(env)
+    app.extensions["fifoq_watch"] = Watch(app.extensions["fifoq_users"].store, app.extensions["fifoq_alert_rules"].persist_seconds,
+                                          app.extensions["fifoq_alert_rules"].broker_lag_seconds)
     registry = CollectorRegistry()
     registry.register(ConsoleCollector(app))
     app.extensions["fifoq_metrics"] = registry

@@ -6,9 +6,10 @@ never a 500, and never reaches the ledger as anything but a plain string, number
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from admin.timefmt import json_default
 from backend.errors import ValidationError

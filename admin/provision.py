@@ -47,8 +47,9 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from admin.rabbitmq_api import RabbitAdminAPI
@@ -73,7 +74,7 @@ class ActorPlan:
     queue_type: QueueType = QueueType.QUORUM
 
     @classmethod
-    def parse(cls, spec: str, queue_type: QueueType, default_lanes: int = 1) -> "ActorPlan":
+    def parse(cls, spec: str, queue_type: QueueType, default_lanes: int = 1) -> ActorPlan:
         """'payment' or 'payment:4' (four lanes)."""
         name, _, lanes_raw = spec.partition(":")
         if not ACTOR_NAME_RE.match(name):

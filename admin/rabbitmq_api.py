@@ -96,7 +96,7 @@ class QueueInfo:
         }
 
     @classmethod
-    def from_api(cls, item: dict[str, Any]) -> "QueueInfo":
+    def from_api(cls, item: dict[str, Any]) -> QueueInfo:
         stats = item.get("message_stats") or {}
 
         def rate(key: str) -> float | None:
@@ -150,7 +150,7 @@ class RabbitAPI:
         self._session.auth = (user, password)
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> "RabbitAPI":
+    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> RabbitAPI:
         return cls(
             settings.api_url,
             settings.api_user,
@@ -324,9 +324,6 @@ class RabbitAdminAPI(RabbitAPI):
     def whoami(self) -> dict[str, Any]:
         return self._send("GET", "whoami")
 
-    def vhost_exists(self, vhost: str) -> bool:
-        return self._send("GET", f"vhosts/{self._q(vhost)}", missing_ok=True) is not None
-
     def put_vhost(self, vhost: str, description: str = "") -> None:
         """Create the virtual host (no-op when it exists)."""
         self._send("PUT", f"vhosts/{self._q(vhost)}", {"description": description, "tags": "fifoq"})
@@ -374,9 +371,6 @@ class RabbitAdminAPI(RabbitAPI):
                    apply_to: str = "queues", priority: int = 0) -> None:
         self._send("PUT", f"policies/{self._q(vhost)}/{self._q(name)}",
                    {"pattern": pattern, "definition": definition, "apply-to": apply_to, "priority": priority})
-
-    def policies(self, vhost: str) -> list[dict[str, Any]]:
-        return self._send("GET", f"policies/{self._q(vhost)}", missing_ok=True) or []
 
     def put_exchange(self, vhost: str, name: str, kind: str) -> None:
         self._send("PUT", f"exchanges/{self._q(vhost)}/{self._q(name)}",

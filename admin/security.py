@@ -17,15 +17,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from backend.errors import ConfigError, ValidationError
+from backend.errors import ValidationError
 from backend.ledger import as_aware, utcnow
+from backend.settings import EnvSettings, setting
 from backend.store import ASCENDING, Store
 
 log = logging.getLogger(__name__)
@@ -43,27 +44,9 @@ def body_limit(max_payload_bytes: int) -> int:
     return BODY_FACTOR * max_payload_bytes + BODY_OVERHEAD
 
 
-@dataclass(frozen=True)
-class ThrottleConfig:
-    max_failures: int = DEFAULT_MAX_FAILURES
-    window_seconds: int = DEFAULT_WINDOW_SECONDS
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "ThrottleConfig":
-        """Raises ConfigError naming the variable."""
-        return cls(
-            max_failures=_int(env, "ADMIN_LOGIN_MAX_FAILURES", DEFAULT_MAX_FAILURES, 1, 1000),
-            window_seconds=_int(env, "ADMIN_LOGIN_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS, 1, 7 * 86400),
-        )
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise ConfigError(f"{name}={raw!r} must be an integer between {lo} and {hi}")
-    return int(raw)
+class ThrottleConfig(EnvSettings):
+    max_failures: int = setting("ADMIN_LOGIN_MAX_FAILURES", DEFAULT_MAX_FAILURES, ge=1, le=1000)
+    window_seconds: int = setting("ADMIN_LOGIN_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS, ge=1, le=7 * 86400)
 
 
 class LoginThrottle:

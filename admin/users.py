@@ -45,11 +45,11 @@ class Role(str, Enum):
     def rank(self) -> int:
         return _RANK[self]
 
-    def allows(self, needed: "Role") -> bool:
+    def allows(self, needed: Role) -> bool:
         return self.rank >= needed.rank
 
     @classmethod
-    def parse(cls, value: Any) -> "Role":
+    def parse(cls, value: Any) -> Role:
         try:
             return cls(value)
         except ValueError:
@@ -96,7 +96,7 @@ class User:
         return {"name": self.name, "role": self.role.value, "active": self.active}
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "User":
+    def from_doc(cls, doc: dict[str, Any]) -> User:
         return cls(name=doc["_id"], role=Role(doc["role"]), active=bool(doc.get("active", True)),
                    session_version=int(doc.get("session_version", 0)))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -196,7 +197,8 @@ def cancel(message_id: str) -> Any:
 def audit() -> Any:
     filters = {k: text_filter(request.args, k) for k in ("user", "actor", "action")}
     page = page_param(request.args, 100)
-    rows, total = backend().audit.find(**filters, skip=page.skip, limit=page.per_page)
+    rows, total = backend().audit.find(user=filters["user"], actor=filters["actor"], action=filters["action"],
+                                       skip=page.skip, limit=page.per_page)
     return render_template("audit.html", rows=rows, total=total, filters=filters, page=page, pages=page.count(total),
                            actions=AUDIT_ACTIONS, page_args={k: v for k, v in filters.items() if v})
 

@@ -7,6 +7,14 @@ from backend.subscriptions import Subscriptions
 from backend.values import Message, QueueType, Status
 
 __all__ = [
-    "Backend", "Emitter", "Event", "FifoqError", "TransientError", "Settings", "Subscriptions",
-    "Message", "QueueType", "Status",
+    "Backend",
+    "Emitter",
+    "Event",
+    "FifoqError",
+    "Message",
+    "QueueType",
+    "Settings",
+    "Status",
+    "Subscriptions",
+    "TransientError",
 ]

@@ -40,6 +40,7 @@ class Backend:
 
     def __init__(self, settings: Settings, store: Store | None = None, subscriptions: Subscriptions | None = None) -> None:
         self.settings = settings
+        self.store: Store | None
         if store is None and settings.mongodb_url.startswith("embedded://"):
             # Another process owns the embedded store and serves it (backend.ledger_server).
             from backend import ledger_server
@@ -48,18 +49,15 @@ class Backend:
             self.ledger = ledger_server.connect(settings.mongodb_url)
             self.audit = ledger_server.connect_audit(settings.mongodb_url)
         else:
-            self.store: Store | None = store or Store.open(settings)
-            self.ledger = Ledger(self.store)
-            self.audit = AuditLog(self.store)
+            opened = store or Store.open(settings)
+            self.store = opened
+            self.ledger = Ledger(opened)
+            self.audit = AuditLog(opened)
         self.subscriptions = subscriptions or Subscriptions()
         self.emitter = Emitter(settings, self.ledger, self.subscriptions)
         self.operations = Operations(settings, self.ledger, self.audit)
         self._relay: Relay | None = None
         self._relay_stop = threading.Event()
-
-    @classmethod
-    def from_env(cls) -> "Backend":
-        return cls(Settings.from_env())
 
     def declare(self) -> None:
         self.emitter.declare()

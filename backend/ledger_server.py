@@ -14,8 +14,8 @@ from multiprocessing.managers import BaseManager
 from typing import Any
 from urllib.parse import urlsplit
 
-from backend.errors import ConfigError
 from backend.audit import AuditLog
+from backend.errors import ConfigError
 from backend.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def serve(ledger: Ledger, host: str = "127.0.0.1", port: int = 0, audit: AuditLo
             pass
 
     threading.Thread(target=run, name="ledger-server", daemon=True).start()
-    h, p = server.address
+    address: Any = server.address  # (host, port) for a TCP listener
+    h, p = address
     url = f"embedded://{h}:{p}"
     log.info("embedded ledger served at %s", url)
     return server, url
@@ -69,11 +70,11 @@ def serve(ledger: Ledger, host: str = "127.0.0.1", port: int = 0, audit: AuditLo
 
 def connect(url: str) -> Ledger:
     """A proxy with the Ledger's methods, talking to the process that serves it."""
-    return _manager(url).ledger()  # type: ignore[attr-defined, no-any-return]
+    return _manager(url).ledger()  # type: ignore[attr-defined]
 
 
 def connect_audit(url: str) -> AuditLog:
-    return _manager(url).audit()  # type: ignore[attr-defined, no-any-return]
+    return _manager(url).audit()  # type: ignore[attr-defined]
 
 
 def _manager(url: str) -> _ClientManager:

@@ -13,8 +13,9 @@ depth, alerts) from its own collector: admin.metrics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -77,7 +78,7 @@ class PipelineMetrics:
                 self.retried.labels(actor=actor).inc()
                 log.info("actor=%s message=%s seq=%s correlation=%s transient error after %.4fs",
                          actor, doc.get("_id"), doc.get("seq"), doc.get("correlation_id"), seconds)
-        except Exception:  # noqa: BLE001 - metrics must never stop a worker
+        except Exception:  # metrics must never stop a worker
             log.exception("actor=%s metrics hook failed", actor)
 
 

@@ -1,16 +1,44 @@
-"""Settings, read from the environment in one place and validated at start-up."""
+"""Settings of every fifoq process, read from the environment by one parser and validated at start-up.
+
+Each group of settings is a frozen model whose fields are declared with `setting()`: the
+environment variable, the default, the range, in one line. Adding a setting is that one line
+(plus its row in README.md's Configuration table and in .env.example, which
+tests/test_config_docs.py checks):
+
+    sweep_interval: float = setting("FIFOQ_SWEEP_INTERVAL", 60.0, ge=1.0)
+
+`Model.from_env(env)` reads a mapping (os.environ when None). The rules are the same for every
+variable of every process: surrounding blanks are ignored, an empty value means "not set" (the
+default applies), numbers must be finite and in range, flags are 1/0 (true/false, yes/no, on/off).
+A bad value raises ConfigError with one line naming the variable, which every command line turns
+into `error: ...` and exit code 2.
+
+The groups: `Settings` (broker, ledger, queues and delivery: every process), `LogSettings`
+(backend.logs), `admin.config.AdminConfig`, `admin.alerts.AlertRules`,
+`admin.security.ThrottleConfig` and the demo's `demo.cli.DemoSettings`.
+"""
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from backend.errors import ConfigError
 from backend.values import QueueType
 
-_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+MAX_PREFETCH = 2000  # RabbitMQ refuses a higher prefetch on quorum queues
+MAX_SHOWN = 60  # characters of a bad value quoted in an error message
+
+_PREFIX_RE = r"^[a-z0-9][a-z0-9_.-]{0,40}$"
+_AMQP_TLS_FILES = ("AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE")
+
+M = TypeVar("M", bound="EnvSettings")
 
 
 def redact_url(url: str) -> str:
@@ -26,175 +54,245 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-MAX_PREFETCH = 2000  # RabbitMQ refuses a higher prefetch on quorum queues
+def setting(env: str, default: Any, *, secret: bool = False, doc: str = "", **constraints: Any) -> Any:
+    """Declare one setting: its environment variable, its default and its range.
+
+    Args:
+        env: the environment variable (also the name used in error messages).
+        default: the value when the variable is unset or empty.
+        secret: never quote the value in an error message (passwords, keys).
+        doc: a one-line description.
+        constraints: pydantic's ge, gt, le, lt, pattern, min_length...
+    """
+    extra: JsonDict | None = {"secret": True} if secret else None
+    return Field(default, validation_alias=env, description=doc or None, json_schema_extra=extra, repr=not secret,
+                 **constraints)
 
 
-def _tls_files(env: Mapping[str, str], urls: tuple[str, ...]) -> dict[str, str]:
-    """AMQP_CA_FILE, AMQP_CERT_FILE and AMQP_KEY_FILE, checked: readable files, cert and key
-    together, and only with amqps:// URLs (a CA with a plain-text URL would be a false comfort)."""
-    out = {name: env.get(name, "").strip() for name in ("AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE")}
-    for name, path in out.items():
-        if path and not os.access(path, os.R_OK):
-            raise ConfigError(f"{name}={path!r} is not a readable file")
-    if bool(out["AMQP_CERT_FILE"]) != bool(out["AMQP_KEY_FILE"]):
-        raise ConfigError("AMQP_CERT_FILE and AMQP_KEY_FILE go together (a client certificate and its key)")
-    schemes = {urlsplit(u).scheme for u in urls}
-    if any(out.values()) and schemes != {"amqps"}:
-        raise ConfigError("AMQP_CA_FILE/AMQP_CERT_FILE/AMQP_KEY_FILE need amqps:// in every AMQP_URL entry")
-    for url in urls:
-        # pika reads TLS options from the URL's query (ssl_options=...), including cert_reqs=CERT_NONE:
-        # refuse it, certificate checks are configured here and always on.
-        if "ssl_options" in urlsplit(url).query:
-            raise ConfigError(f"AMQP_URL entry {redact_url(url)!r}: use AMQP_CA_FILE/AMQP_CERT_FILE, not ssl_options")
-    return out
+class EnvSettings(BaseModel):
+    """Base of every settings group: frozen, built from a mapping of environment variables."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True, extra="forbid",
+                              allow_inf_nan=False, str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _flags_any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """1/0, true/false, yes/no, on/off in any case (pydantic alone is case-sensitive)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is bool and isinstance(value, str):
+            return value.strip().lower()
+        return value
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """{environment variable: field name} of this group."""
+        return {str(f.validation_alias): name for name, f in cls.model_fields.items() if f.validation_alias}
+
+    @classmethod
+    def from_env(cls: type[M], env: Mapping[str, str] | None = None, *,
+                 defaults: Mapping[str, str] | None = None) -> M:
+        """Build and validate the group. Raises ConfigError (one line, naming the variable).
+
+        Args:
+            env: the variables (os.environ when None).
+            defaults: values for variables `env` leaves unset, e.g. the demo's ADMIN_ENV=development.
+        """
+        env = os.environ if env is None else env
+        given = {}
+        for name in cls.variables():
+            for source in (env, defaults or {}):
+                raw = source.get(name)
+                if raw is not None and str(raw).strip():
+                    given[name] = str(raw)
+                    break
+        try:
+            return cls.model_validate(given)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(describe(cls, exc, given)) from None
+
+    def with_(self: M, **changes: Any) -> M:
+        """A copy with some attributes changed, like dataclasses.replace (for code and tests: the
+        values are not validated again)."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(sorted(unknown))}")
+        return self.model_copy(update=changes)
+
+
+def describe(model: type[EnvSettings], exc: pydantic.ValidationError, given: Mapping[str, str]) -> str:
+    """pydantic's errors as one line: `FIFOQ_PREFETCH='0': must be >= 1; ...`."""
+    secret = {str(f.validation_alias) for f in model.model_fields.values()
+              if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("secret")}
+    parts = []
+    for err in exc.errors(include_url=False):
+        message = _message(err)
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if not name:
+            parts.append(message)
+        elif name in secret or name not in given:
+            parts.append(f"{name}: {message}")
+        else:
+            raw = given[name].strip()
+            shown = raw if len(raw) <= MAX_SHOWN else raw[:MAX_SHOWN] + "..."
+            parts.append(f"{name}={shown!r}: {message}")
+    return "; ".join(parts)
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "int_parsing": "is not an integer",
+    "int_from_float": "is not an integer",
+    "float_parsing": "is not a number",
+    "finite_number": "is not a finite number",
+    "bool_parsing": "must be 1 or 0 (true/false, yes/no, on/off)",
+    "string_too_short": "must be at least {min_length} characters long",
+    "string_too_long": "must be at most {max_length} characters long",
+}
+
+
+def _message(err: Any) -> str:
+    template = _MESSAGES.get(err["type"])
+    if template:
+        return template.format(**(err.get("ctx") or {}))
+    if err["type"] in ("enum", "literal_error"):
+        return "must be one of " + str((err.get("ctx") or {}).get("expected", "")).replace("'", "")
+    message = str(err["msg"])
+    message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if message[1:2].islower():  # "Input should be..." reads "input should be..." after the name
+        message = message[:1].lower() + message[1:]
+    return message
 
 
 MIN_RETENTION_SECONDS = 60.0
 
 
-def _retention(env: Mapping[str, str], name: str, default: float, num: object) -> float:
-    """0 keeps everything; otherwise at least MIN_RETENTION_SECONDS (a tombstone must outlive
-    any emitter that could still try its number)."""
-    value = num(name, default, float, 0.0)  # type: ignore[operator]
-    if 0 < value < MIN_RETENTION_SECONDS:
-        raise ConfigError(f"{name}={env.get(name)!r} must be 0 (keep everything) or at least {MIN_RETENTION_SECONDS:g} seconds")
-    return float(value)
+class Settings(EnvSettings):
+    """Broker, ledger, queues and delivery: the settings every process shares."""
 
-
-@dataclass(frozen=True)
-class Settings:
-    amqp_urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/%2F",)
-    api_url: str = "http://127.0.0.1:15672"
-    api_user: str = "guest"
-    api_password: str = "guest"
-    api_verify: str | bool = True
-    mongodb_url: str = ""  # empty: the embedded in-process store (mongomock)
-    mongodb_db: str = "fifoq"
-    prefix: str = "fifoq"
-    queue_type: QueueType = QueueType.QUORUM
-    confirm_timeout: float = 5.0
-    prefetch: int = 20
-    max_payload_bytes: int = 256 * 1024
-    delivery_limit: int = 1_000_000
-    transient_retries: int = 5
-    transient_backoff: float = 0.5
-    transient_backoff_max: float = 30.0
-    poll_interval: float = 0.5
-    gap_grace: float = 30.0
-    relay_min_age: float = 10.0
-    lanes: int = 4  # default lane count of actors with an ordering key
+    # AMQP URL(s); a comma-separated list for a cluster. The path is the virtual host.
+    amqp_urls: tuple[str, ...] = setting("AMQP_URL", ("amqp://guest:guest@127.0.0.1:5672/%2F",))
+    api_url: str = setting("RABBITMQ_API_URL", "http://127.0.0.1:15672")
+    api_user: str = setting("RABBITMQ_API_USER", "guest")
+    api_password: str = setting("RABBITMQ_API_PASSWORD", "guest", secret=True)
+    # A CA bundle (path) for an https:// management API, or True: the system's trust store.
+    api_verify: str | bool = setting("RABBITMQ_API_CA", True)
+    mongodb_url: str = setting("MONGODB_URL", "", secret=True)  # empty: the embedded in-process store
+    mongodb_db: str = setting("MONGODB_DB", "fifoq")
+    prefix: str = setting("FIFOQ_PREFIX", "fifoq")
+    queue_type: QueueType = setting("FIFOQ_QUEUE_TYPE", QueueType.QUORUM)
+    confirm_timeout: float = setting("FIFOQ_CONFIRM_TIMEOUT", 5.0, ge=0.1)
+    prefetch: int = setting("FIFOQ_PREFETCH", 20, ge=1, le=MAX_PREFETCH)
+    max_payload_bytes: int = setting("FIFOQ_MAX_PAYLOAD_BYTES", 256 * 1024, ge=64, le=64 * 1024 * 1024)
+    delivery_limit: int = setting("FIFOQ_DELIVERY_LIMIT", 1_000_000, ge=1, le=2**31 - 1)
+    transient_retries: int = setting("FIFOQ_TRANSIENT_RETRIES", 5, ge=0, le=1000)
+    transient_backoff: float = setting("FIFOQ_TRANSIENT_BACKOFF", 0.5, ge=0.0, le=3600.0)
+    transient_backoff_max: float = setting("FIFOQ_TRANSIENT_BACKOFF_MAX", 30.0, ge=0.0, le=86400.0)
+    poll_interval: float = setting("FIFOQ_POLL_INTERVAL", 0.5, ge=0.05, le=60.0)
+    gap_grace: float = setting("FIFOQ_GAP_GRACE", 30.0, ge=0.0, le=86400.0)
+    relay_min_age: float = setting("FIFOQ_RELAY_MIN_AGE", 10.0, ge=0.0, le=86400.0)
+    lanes: int = setting("FIFOQ_LANES", 4, ge=1, le=1000)  # lanes of actors with an ordering key
     # How long a connector's claim on a message lasts without renewal. The runtime renews it while
     # the handler runs; a replica takes over a message left processing by a dead one only after
     # the lease expires, so this is also the longest a SIGKILL mid-handler delays the handover.
-    claim_lease: float = 30.0
-    # How often an idle connector looks in the ledger for open messages the broker did not
-    # deliver (never published, or lost from the queue) and runs them.
-    sweep_interval: float = 30.0
-    # How often an idle connector process reads its actors' state (pause) in one query: a pause
-    # releases an idle queue within this, and a busy one within FIFOQ_POLL_INTERVAL.
-    idle_poll: float = 5.0
+    claim_lease: float = setting("FIFOQ_CLAIM_LEASE_SECONDS", 30.0, ge=1.0, le=86400.0)
+    # How often an idle connector looks in the ledger for open messages the broker did not deliver
+    # (never published, or lost from the queue) and runs them.
+    sweep_interval: float = setting("FIFOQ_SWEEP_INTERVAL", 60.0, ge=1.0, le=86400.0)
+    # How often an idle connector process reads its actors' state (pause), in one query for all:
+    # a pause releases an idle queue within this, and a busy one within FIFOQ_POLL_INTERVAL.
+    idle_poll: float = setting("FIFOQ_IDLE_POLL_INTERVAL", 6.0, ge=0.05, le=3600.0)
     # A drain run (`--drain`) ends once no delivery came for this long and nothing is left in the
     # ledger that it could run.
-    drain_idle: float = 0.3
+    drain_idle: float = setting("FIFOQ_DRAIN_IDLE", 0.3, ge=0.05, le=60.0)
     # One deadline per MongoDB operation (pymongo's timeoutMS): past it a write's outcome is
     # unknown and the ledger resolves it by reading back.
-    mongodb_timeout_ms: int = 10_000
-    # Settled messages older than this are removed (seconds; 0 keeps everything), and audit
-    # entries older than audit_retention.
-    retention: float = 7 * 24 * 3600.0
-    audit_retention: float = 365 * 24 * 3600.0
+    mongodb_timeout_ms: int = setting("MONGODB_TIMEOUT_MS", 10_000, ge=100, le=600_000)
+    # Settled messages older than this are removed (seconds; 0 keeps everything); audit entries
+    # older than audit_retention.
+    retention: float = setting("FIFOQ_RETENTION", 7 * 24 * 3600.0, ge=0.0)
+    audit_retention: float = setting("FIFOQ_AUDIT_RETENTION", 365 * 24 * 3600.0, ge=0.0)
     # TLS (amqps:// URLs): the CA that signed the broker's certificate (the system's trust store
     # when empty) and an optional client certificate. Verification is always on: there is no
     # setting to turn it off.
-    amqp_ca_file: str = ""
-    amqp_cert_file: str = ""
-    amqp_key_file: str = ""
+    amqp_ca_file: str = setting("AMQP_CA_FILE", "")
+    amqp_cert_file: str = setting("AMQP_CERT_FILE", "")
+    amqp_key_file: str = setting("AMQP_KEY_FILE", "")
     # False for least-privilege broker users: the topology was created by `python -m admin
     # provision` and clients only check it with passive declarations (which need no permission).
-    declare: bool = True
-    extra: Mapping[str, str] = field(default_factory=dict)
+    declare: bool = setting("FIFOQ_DECLARE", True)
+    vhost: str = setting("FIFOQ_VHOST", "fifoq", max_length=100)  # the virtual host provisioning creates
+    operator: str = setting("FIFOQ_OPERATOR", "", max_length=100)  # operator name of CLI actions
 
+    @field_validator("amqp_urls", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        """Build and validate settings. Raises ConfigError with the variable name on bad input."""
-        env = os.environ if env is None else env
-        d = cls()
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(u.strip() for u in value.split(",") if u.strip())
+        for url in value or ():
+            if urlsplit(str(url)).scheme not in ("amqp", "amqps"):
+                raise ValueError(f"entry {redact_url(str(url))!r} must start with amqp:// or amqps://")
+            # pika reads TLS options from the URL's query (ssl_options=...), including
+            # cert_reqs=CERT_NONE: refuse it, certificate checks are configured here and always on.
+            if "ssl_options" in urlsplit(str(url)).query:
+                raise ValueError(f"entry {redact_url(str(url))!r}: use AMQP_CA_FILE/AMQP_CERT_FILE, not ssl_options")
+        if not value:
+            raise ValueError("no URL given")
+        return value
 
-        def num(name: str, default: float, kind: type = float, minimum: float = 0, maximum: float | None = None) -> float:
-            raw = env.get(name, "")
-            if raw.strip() == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-            if value < minimum:
-                raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
-            if maximum is not None and value > maximum:
-                raise ConfigError(f"{name}={raw!r} must be <= {maximum}")
-            return value
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.match(_PREFIX_RE, value):
+            raise ValueError("use 1 to 41 lowercase letters, digits, '.', '_' or '-'")
+        return value
 
-        urls = tuple(u.strip() for u in env.get("AMQP_URL", ",".join(d.amqp_urls)).split(",") if u.strip())
-        if not urls:
-            raise ConfigError("AMQP_URL is empty")
-        for url in urls:
-            if urlsplit(url).scheme not in ("amqp", "amqps"):
-                raise ConfigError(f"AMQP_URL entry {redact_url(url)!r} must start with amqp:// or amqps://")
-        tls = _tls_files(env, urls)
-        declare_raw = env.get("FIFOQ_DECLARE", "1").strip().lower() or "1"
-        if declare_raw not in _BOOLEANS:
-            raise ConfigError(f"FIFOQ_DECLARE={declare_raw!r} must be 1 or 0 (true/false, yes/no)")
-        mongodb_url = env.get("MONGODB_URL", "").strip()
-        if mongodb_url and urlsplit(mongodb_url).scheme not in ("mongodb", "mongodb+srv", "mongomock", "mongomock+mongodb", "embedded"):
-            raise ConfigError("MONGODB_URL must start with mongodb://, mongodb+srv://, mongomock://, mongomock+mongodb:// or embedded://")
-        prefix = env.get("FIFOQ_PREFIX", d.prefix)
-        if not _PREFIX_RE.match(prefix):
-            raise ConfigError(f"FIFOQ_PREFIX={prefix!r}: use lowercase letters, digits, '.', '_' or '-'")
-        try:
-            queue_type = QueueType(env.get("FIFOQ_QUEUE_TYPE", d.queue_type.value))
-        except ValueError:
-            raise ConfigError("FIFOQ_QUEUE_TYPE must be 'quorum' or 'classic'") from None
-        verify_raw = env.get("RABBITMQ_API_CA", "").strip()
-        api_url = env.get("RABBITMQ_API_URL", d.api_url).rstrip("/")
-        if urlsplit(api_url).scheme not in ("http", "https"):
-            raise ConfigError("RABBITMQ_API_URL must start with http:// or https://")
-        return cls(
-            amqp_urls=urls,
-            api_url=api_url,
-            api_user=env.get("RABBITMQ_API_USER", d.api_user),
-            api_password=env.get("RABBITMQ_API_PASSWORD", d.api_password),
-            api_verify=verify_raw or True,
-            mongodb_url=mongodb_url,
-            mongodb_db=env.get("MONGODB_DB", d.mongodb_db) or d.mongodb_db,
-            prefix=prefix,
-            queue_type=queue_type,
-            confirm_timeout=num("FIFOQ_CONFIRM_TIMEOUT", d.confirm_timeout, float, 0.1),
-            # RabbitMQ caps prefetch on quorum queues at 2000 (a higher value is refused).
-            prefetch=int(num("FIFOQ_PREFETCH", d.prefetch, int, 1, MAX_PREFETCH)),
-            max_payload_bytes=int(num("FIFOQ_MAX_PAYLOAD_BYTES", d.max_payload_bytes, int, 64)),
-            delivery_limit=int(num("FIFOQ_DELIVERY_LIMIT", d.delivery_limit, int, 1)),
-            transient_retries=int(num("FIFOQ_TRANSIENT_RETRIES", d.transient_retries, int, 0)),
-            transient_backoff=num("FIFOQ_TRANSIENT_BACKOFF", d.transient_backoff, float, 0.0),
-            poll_interval=num("FIFOQ_POLL_INTERVAL", d.poll_interval, float, 0.05),
-            gap_grace=num("FIFOQ_GAP_GRACE", d.gap_grace, float, 0.0),
-            relay_min_age=num("FIFOQ_RELAY_MIN_AGE", d.relay_min_age, float, 0.0),
-            lanes=int(num("FIFOQ_LANES", d.lanes, int, 1)),
-            claim_lease=num("FIFOQ_CLAIM_LEASE_SECONDS", d.claim_lease, float, 1.0),
-            sweep_interval=num("FIFOQ_SWEEP_INTERVAL", d.sweep_interval, float, 1.0),
-            idle_poll=num("FIFOQ_IDLE_POLL_INTERVAL", d.idle_poll, float, 0.05),
-            drain_idle=num("FIFOQ_DRAIN_IDLE", d.drain_idle, float, 0.05),
-            mongodb_timeout_ms=int(num("MONGODB_TIMEOUT_MS", d.mongodb_timeout_ms, int, 100)),
-            retention=_retention(env, "FIFOQ_RETENTION", d.retention, num),
-            audit_retention=_retention(env, "FIFOQ_AUDIT_RETENTION", d.audit_retention, num),
-            amqp_ca_file=tls["AMQP_CA_FILE"],
-            amqp_cert_file=tls["AMQP_CERT_FILE"],
-            amqp_key_file=tls["AMQP_KEY_FILE"],
-            declare=_BOOLEANS[declare_raw],
-        )
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
-    def with_(self, **changes: object) -> "Settings":
-        return replace(self, **changes)  # type: ignore[arg-type]
+    @field_validator("mongodb_url")
+    @classmethod
+    def _mongodb_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("mongodb", "mongodb+srv", "mongomock", "mongomock+mongodb", "embedded"):
+            raise ValueError("must start with mongodb://, mongodb+srv://, mongomock://, mongomock+mongodb:// or embedded://")
+        return value
+
+    @field_validator("retention", "audit_retention")
+    @classmethod
+    def _retention(cls, value: float) -> float:
+        # A tombstone must outlive any emitter that could still try its number.
+        if 0 < value < MIN_RETENTION_SECONDS:
+            raise ValueError(f"must be 0 (keep everything) or at least {MIN_RETENTION_SECONDS:g} seconds")
+        return value
+
+    @field_validator("amqp_ca_file", "amqp_cert_file", "amqp_key_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if value and not os.access(value, os.R_OK):
+            raise ValueError(f"{value!r} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        """The client certificate and its key go together, and only with amqps:// URLs (a CA
+        with a plain-text URL would be a false comfort)."""
+        if bool(self.amqp_cert_file) != bool(self.amqp_key_file):
+            raise ValueError("AMQP_CERT_FILE and AMQP_KEY_FILE go together (a client certificate and its key)")
+        schemes = {urlsplit(u).scheme for u in self.amqp_urls}
+        if (self.amqp_ca_file or self.amqp_cert_file) and schemes != {"amqps"}:
+            raise ValueError("AMQP_CA_FILE/AMQP_CERT_FILE/AMQP_KEY_FILE need amqps:// in every AMQP_URL entry")
+        return self
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (tuple(redact_url(u) for u in value) if name == "amqp_urls" else value)
 
     def queue_name(self, actor: str, lane: int = 0) -> str:
         base = f"{self.prefix}.actor.{actor}"
@@ -211,3 +309,20 @@ class Settings:
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.prefix}.dead-letter"
+
+
+class LogSettings(EnvSettings):
+    """How entry points log (backend.logs.configure)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = setting("LOG_LEVEL", None)
+    format: Literal["text", "json"] = setting("LOG_FORMAT", "text")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from backend.errors import SchemaViolation, ValidationError
+from backend.errors import ValidationError
 from backend.values import ACTOR_NAME_RE, EVENT_NAME_RE, QueueType
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,6 @@ class Route:
     spec: ActorSpec
     key: str | None
 
-    def lane(self) -> int:
-        return lane_of(self.key, self.spec.lanes or 1)
-
 
 def lane_of(key: str | None, lanes: int) -> int:
     """The lane (queue) of an ordering key: crc32 modulo the lane count, stable across processes
@@ -228,14 +226,10 @@ class Subscriptions:
     def subscriptions_of(self, actor: str) -> list[Subscription]:
         return [s for s in self._subs if s.actor == actor]
 
-    def subscribers(self, event: str, payload: Any) -> list[ActorSpec]:
-        """Actors that receive this event, each once, in declaration order."""
-        return [r.spec for r in self.routes(event, payload, keys=False)]
-
-    def routes(self, event: str, payload: Any, keys: bool = True) -> list[Route]:
+    def routes(self, event: str, payload: Any) -> list[Route]:
         """One route per receiving actor (its first matching subscription decides the key)."""
         seen: dict[str, Route] = {}
         for sub in self._subs:
             if sub.actor not in seen and sub.matches(event, payload):
-                seen[sub.actor] = Route(self._actors[sub.actor], sub.key_of(payload) if keys else None)
+                seen[sub.actor] = Route(self._actors[sub.actor], sub.key_of(payload))
         return list(seen.values())

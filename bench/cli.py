@@ -1,7 +1,6 @@
 """Command line of the benchmarks: choose which to run, their size, the queue type, profiling."""
 from __future__ import annotations
 
-import argparse
 import cProfile
 import logging
 import os
@@ -9,13 +8,17 @@ import platform
 import pstats
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Any
 
+import click
+
+from backend import logs
+from backend.commandline import CONTEXT, Seconds, run
 from backend.values import QueueType
 from bench import connector, console, emit, latency, queues
 from bench.common import Options, Table, api, base_settings
-
 
 BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "emit": emit.run,
@@ -35,43 +38,48 @@ def machine(opts: Options) -> str:
             f"RabbitMQ {version}, queue type {opts.queue_type.value}, ledger: embedded (mongomock)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("which", nargs="*", metavar="BENCH",
-                        help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
-    parser.add_argument("--messages", type=int, help="messages per throughput measure (default 5000; quick 200)")
-    parser.add_argument("--actors", type=int, help="actors for the queues and console benchmarks (default 1000)")
-    parser.add_argument("--rate", type=float, help="messages/s for the latency benchmark (default 200)")
-    parser.add_argument("--latency-messages", type=int, help="messages for the latency benchmark (default 1000)")
-    parser.add_argument("--requests", type=int, help="requests per console endpoint (default 20)")
-    parser.add_argument("--queue-type", choices=[q.value for q in QueueType], default=QueueType.QUORUM.value)
-    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the run (open with pstats or snakeviz)")
-    args = parser.parse_args(argv)
-    unknown = [w for w in args.which if w not in BENCHMARKS]
+@click.command(name="bench", context_settings=CONTEXT)
+@click.argument("which", nargs=-1, metavar="[BENCH]...")
+@click.option("--quick", is_flag=True, help="tiny sizes: a smoke run, numbers not meaningful")
+@click.option("--messages", type=click.IntRange(1, 10**7), help="messages per throughput measure (default 5000; quick 200)")
+@click.option("--actors", type=click.IntRange(1, 10**7), help="actors for the queues and console benchmarks (default 1000)")
+@click.option("--rate", type=Seconds(min=0, max=100_000, min_open=True), help="messages/s for the latency benchmark (default 200)")
+@click.option("--latency-messages", type=click.IntRange(1, 10**7), help="messages for the latency benchmark (default 1000)")
+@click.option("--requests", type=click.IntRange(1, 10**7), help="requests per console endpoint (default 20)")
+@click.option("--queue-type", type=click.Choice([q.value for q in QueueType]), default=QueueType.QUORUM.value,
+              show_default=True)
+@click.option("--profile", metavar="FILE", help="write a cProfile of the run (open with pstats or snakeviz)")
+def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int | None, rate: float | None,
+        latency_messages: int | None, requests: int | None, queue_type: str, profile: str | None) -> int:
+    """Run the benchmarks (default: all of them): emit, connector, latency, queues, console."""
+    unknown = [w for w in which if w not in BENCHMARKS]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+        raise click.UsageError(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
+    logs.configure("WARNING")
     logging.getLogger("pika").setLevel(logging.ERROR)
 
-    qtype = QueueType(args.queue_type)
-    opts = Options.quick_mode(queue_type=qtype) if args.quick else Options(queue_type=qtype)
-    changes = {k: v for k, v in (("messages", args.messages), ("actors", args.actors), ("rate", args.rate),
-                                  ("latency_messages", args.latency_messages), ("requests", args.requests)) if v}
-    if args.quick and args.messages and not args.latency_messages:
-        changes["latency_messages"] = min(args.messages, 200)
+    qtype = QueueType(queue_type)
+    opts = Options.quick_mode(queue_type=qtype) if quick else Options(queue_type=qtype)
+    changes: dict[str, Any] = {k: v for k, v in (("messages", messages), ("actors", actors), ("rate", rate),
+                                  ("latency_messages", latency_messages), ("requests", requests)) if v}
+    if quick and messages and not latency_messages:
+        changes["latency_messages"] = min(messages, 200)
     opts = replace(opts, **changes)
+    return run_benchmarks(opts, list(which) or list(BENCHMARKS), profile)
+
+
+def run_benchmarks(opts: Options, names: list[str], profile: str | None) -> int:
     print(machine(opts))
     print(f"options: {opts}\n", flush=True)
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = cProfile.Profile() if profile else None
     failed = 0
-    for name in args.which or list(BENCHMARKS):
+    for name in names:
         started = time.perf_counter()
         try:
             if profiler:
                 profiler.enable()
             table = BENCHMARKS[name](opts)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next benchmark
+        except Exception as exc:
             failed += 1
             print(f"### {name}: FAILED: {type(exc).__name__}: {exc}\n", flush=True)
             logging.getLogger("bench").exception("benchmark %s failed", name)
@@ -81,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profiler.disable()
         print(table.render(), flush=True)
         print(f"({name}: {time.perf_counter() - started:.1f} s)\n", flush=True)
-    if profiler:
-        profiler.dump_stats(args.profile)
-        pstats.Stats(args.profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+    if profiler and profile:
+        profiler.dump_stats(profile)
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(cli, argv, prog_name="python -m bench")

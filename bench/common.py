@@ -6,15 +6,22 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
-from backend.settings import Settings
+from backend.settings import EnvSettings, Settings, setting
 from backend.store import Store
 from backend.values import QueueType
 from bench import baseline
+
+
+class BenchSettings(EnvSettings):
+    # A tag in the benchmark's queue prefix (bench-TAG...), so a caller (tests/test_bench.py)
+    # recognises its own queues among others.
+    tag: str = setting("BENCH_TAG", "", pattern=r"^[a-z0-9-]*$", max_length=20)
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Options:
     quick: bool = False
 
     @classmethod
-    def quick_mode(cls, messages: int = 200, **kw: Any) -> "Options":
+    def quick_mode(cls, messages: int = 200, **kw: Any) -> Options:
         return cls(messages=messages, actors=50, rate=200.0, latency_messages=min(messages, 200), requests=3,
                    quick=True, **kw)
 
@@ -82,7 +89,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1)))))
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
 
 
@@ -98,8 +105,7 @@ def base_settings(opts: Options) -> Settings:
 @contextlib.contextmanager
 def bench_settings(name: str, opts: Options, **changes: Any) -> Iterator[Settings]:
     """Settings with the benchmark's own prefix and embedded database; removes both afterwards."""
-    # BENCH_TAG lets a caller (tests/test_bench.py) recognise its own queues among others.
-    prefix = f"bench-{os.environ.get('BENCH_TAG', '')}{name}-{uuid.uuid4().hex[:6]}"
+    prefix = f"bench-{BenchSettings.from_env().tag}{name}-{uuid.uuid4().hex[:6]}"
     s = base_settings(opts).with_(prefix=prefix, mongodb_url=f"mongomock://{prefix}", mongodb_db=f"db_{prefix}", **changes)
     try:
         yield s
@@ -117,7 +123,7 @@ def api(settings: Settings, path: str, **params: Any) -> Any:
 
 def cleanup(settings: Settings) -> None:
     """Delete every queue and exchange named `<prefix>.*` (over AMQP: fast with 1,000 queues)."""
-    names = {"queues": [], "exchanges": []}
+    names: dict[str, list[str]] = {"queues": [], "exchanges": []}
     for kind in names:
         for item in api(settings, kind, columns="name"):
             if item["name"].startswith(settings.prefix + "."):

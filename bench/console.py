@@ -44,6 +44,7 @@ def run(opts: Options) -> Table:
             mgmt = RabbitAPI.from_settings(settings)
             app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
                                               "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=mgmt)
+            assert backend.store is not None  # the benchmark's own embedded database
             UserStore(backend.store).create("bench", PASSWORD, "viewer")
             client = app.test_client()
             client.post("/login", data={"username": "bench", "password": PASSWORD})

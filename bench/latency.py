@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from backend.app import Backend
 from bench import baseline
@@ -18,12 +20,12 @@ def noop(_message: object) -> None:
     return None
 
 
-def _runtime(backend: Backend, actors: list[str], on_done: "callable") -> Runtime:
+def _runtime(backend: Backend, actors: list[str], on_done: Callable[[str], None]) -> Runtime:
     reg = Registry()
     for actor in actors:
         reg.register(actor, noop)
 
-    def on_event(kind: str, _actor: str, doc: dict, _seconds: float) -> None:
+    def on_event(kind: str, _actor: str, doc: dict[str, Any], _seconds: float) -> None:
         if kind == "done":
             on_done(doc["_id"])
 

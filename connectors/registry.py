@@ -1,9 +1,9 @@
 """Handlers: plain Python functions registered under an actor's name."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 from backend.errors import ValidationError
 from backend.subscriptions import validate_actor_name

@@ -1,29 +1,31 @@
 """Command line of the demo.
 
-    python -m demo                  # everything in one process: backend, connectors, console
-    python -m demo --duration 60    # ... and stop by itself after 60 s
-    python -m demo emit             # only the event player, against MONGODB_URL and the broker
+    fifoq demo                  # everything in one process: backend, connectors, console
+    fifoq demo --duration 60    # ... and stop by itself after 60 s
+    fifoq demo emit             # only the event player, against MONGODB_URL and the broker
 
-Settings come from the environment (see README.md); a bad setting ends with one line and exit 2.
+`python -m demo ...` is the same. Settings come from the environment (see README.md); a bad
+setting ends with one line and exit 2 (backend.commandline).
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import secrets
 import signal
-import sys
-import socket
 import threading
 import time
-from typing import Any, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
 
 from backend.app import Backend
-from backend.errors import BrokerUnavailable, ConfigError, FifoqError, ValidationError
-from backend.logs import configure
+from backend.commandline import PORT, Group, Seconds, check_port
+from backend.commandline import run as run_cli
+from backend.errors import BrokerUnavailable, ConfigError, ValidationError
 from backend.metrics import PipelineMetrics, instrument_emitter
-from backend.settings import Settings, redact_url
+from backend.settings import EnvSettings, Settings, redact_url, setting
 from connectors.metrics import WorkerCollector, serve
 from demo.scenarios import ACTORS, DEFAULT_RATE, Player, declare
 
@@ -34,76 +36,60 @@ DEMO_USERS = (("operator", "operator-demo", "operator"), ("viewer", "viewer-demo
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        self.exit(2, f"error: {message} (see `python -m demo --help`)\n")
+class DemoSettings(EnvSettings):
+    admin_password: str = setting("DEMO_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD, secret=True)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m demo", description="fifoq demo: tour bookings, orders, a chat, one bad payment.")
-    p.add_argument("command", nargs="?", default="run", choices=("run", "emit"),
-                   help="run: backend, connectors and admin console in one process (default); "
-                        "emit: only the event player, against MONGODB_URL")
-    p.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--rate", type=_non_negative, default=DEFAULT_RATE, metavar="EVENTS_PER_S",
-                   help=f"events per second (default {DEFAULT_RATE:g}; 0: as fast as possible)")
-    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed plays the same events")
-    p.add_argument("--count", type=int, default=None, metavar="N", help="emit N events, then keep serving")
-    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
-                   help="emit only: serve Prometheus /metrics (fifoq_messages_emitted_total) on this port "
-                        "(`python -m demo` puts them on the console's /metrics)")
-    p.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port")
-    return p
+@dataclass(frozen=True)
+class PlayOptions:
+    duration: float | None
+    rate: float
+    seed: int | None
+    count: int | None
 
 
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (1-65535)")
-    return value
+def play_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `emit` share."""
+    for option in reversed([
+        click.option("--duration", type=Seconds(min=0, max=365 * 86400, min_open=True), default=None, metavar="SECONDS",
+                     help="stop after this many seconds"),
+        click.option("--rate", type=Seconds(min=0, max=100_000), default=DEFAULT_RATE, metavar="EVENTS_PER_S",
+                     show_default=True, help="events per second (0: as fast as possible)"),
+        click.option("--seed", type=click.IntRange(0, 2**63), default=None, help="random seed: the same seed plays the same events"),
+        click.option("--count", type=click.IntRange(0, 10**9), default=None, metavar="N",
+                     help="emit N events, then keep serving"),
+    ]):
+        command = option(command)
+    return command
 
 
-def _positive(raw: str) -> float:
-    value = _non_negative(raw)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{raw!r} must be > 0")
-    return value
+@click.group(cls=Group, name="demo", default="run")
+def cli() -> None:
+    """fifoq demo: tour bookings, orders, a chat, one bad payment."""
 
 
-def _non_negative(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{raw!r} must be >= 0")
-    return value
+@cli.command("run")
+@play_options
+def run_command(duration: float | None, rate: float, seed: int | None, count: int | None) -> int:
+    """Backend, connectors and admin console in one process (the default)."""
+    return run(PlayOptions(duration, rate, seed, count))
+
+
+@cli.command("emit")
+@play_options
+@click.option("--metrics-port", type=PORT, default=None, metavar="PORT",
+              help="serve Prometheus /metrics (fifoq_messages_emitted_total) on this port "
+                   "(`python -m demo` puts them on the console's /metrics)")
+@click.option("--metrics-addr", default="127.0.0.1", metavar="ADDR", show_default=True,
+              help="address for --metrics-port")
+def emit_command(duration: float | None, rate: float, seed: int | None, count: int | None,
+                 metrics_port: int | None, metrics_addr: str) -> int:
+    """Only the event player, against MONGODB_URL and the broker."""
+    return emit(PlayOptions(duration, rate, seed, count), metrics_port, metrics_addr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.count is not None and args.count < 0:
-        print("error: --count must be >= 0", file=sys.stderr)
-        return 2
-    if args.metrics_port is not None and args.command != "emit":
-        print("error: --metrics-port is for `python -m demo emit`; `python -m demo` serves them on the console's /metrics", file=sys.stderr)
-        return 2
-    try:
-        configure()
-    except SystemExit as exc:  # a bad LOG_LEVEL
-        print(f"error: {exc.code}", file=sys.stderr)
-        return 2
-    try:
-        return emit(args) if args.command == "emit" else run(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FifoqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(cli, argv, prog_name="python -m demo")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -140,16 +126,6 @@ def _check_broker(settings: Settings) -> None:
     conn.close()
 
 
-def _check_port(host: str, port: int) -> None:
-    """Fail with one line before starting anything when the console's address is taken."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as exc:
-        raise FifoqError(f"the console cannot listen on {host}:{port}: {exc.strerror or exc} (set ADMIN_PORT)") from None
-
-
 def reset_queues(settings: Settings, actors: Sequence[str]) -> None:
     """Delete the demo actors' queues left by a previous run on an embedded ledger.
 
@@ -170,7 +146,7 @@ def reset_queues(settings: Settings, actors: Sequence[str]) -> None:
             ch = conn.channel()
             try:
                 consumers = ch.queue_declare(queue, passive=True).method.consumer_count
-            except Exception as exc:  # noqa: BLE001 - pika's channel error, 404 when there is no such queue
+            except Exception as exc:
                 if getattr(exc, "reply_code", None) == 404:
                     continue
                 raise BrokerUnavailable(f"checking {queue}: {exc}") from exc
@@ -182,7 +158,7 @@ def reset_queues(settings: Settings, actors: Sequence[str]) -> None:
             try:
                 ch.queue_delete(queue)
                 ch.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise BrokerUnavailable(f"deleting {queue}: {exc}") from exc
             log.info("actor=%s removed queue %s left by an earlier run (its ledger ended with it)", actor, queue)
     finally:
@@ -195,7 +171,7 @@ def _create_users(users: Any) -> list[tuple[str, str, str]]:
     """The demo logins: (name, password, role). Existing users (real MongoDB) are left unchanged."""
     from admin.users import Role
 
-    admin_password = os.environ.get("DEMO_ADMIN_PASSWORD", "") or DEFAULT_ADMIN_PASSWORD
+    admin_password = DemoSettings.from_env().admin_password
     wanted = [("admin", admin_password, Role.ADMIN.value)] + list(DEMO_USERS)
     out = []
     for name, password, role in wanted:
@@ -211,7 +187,7 @@ def _create_users(users: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: PlayOptions) -> int:
     """Backend, relay, connectors, player and console in this process, until Ctrl-C or --duration."""
     from werkzeug.serving import make_server
 
@@ -221,11 +197,12 @@ def run(args: argparse.Namespace) -> int:
     from connectors.runtime import Runtime
 
     settings = Settings.from_env()
-    admin_env = {"ADMIN_ENV": os.environ.get("ADMIN_ENV", "").strip() or "development"}
-    if admin_env["ADMIN_ENV"] != "production" and not os.environ.get("ADMIN_SECRET_KEY", "").strip():
-        admin_env["ADMIN_SECRET_KEY"] = secrets.token_hex(32)  # a throw-away key: sessions end with the demo
-    cfg = AdminConfig.from_env({**os.environ, **admin_env})
-    _check_port(cfg.host, cfg.port)
+    throwaway = secrets.token_hex(32)  # sessions end with the demo
+    cfg = AdminConfig.from_env(defaults={"ADMIN_ENV": "development", "ADMIN_SECRET_KEY": throwaway})
+    if cfg.env == "production" and cfg.secret_key == throwaway:
+        raise ConfigError("ADMIN_SECRET_KEY is required with ADMIN_ENV=production")
+    admin_env = {"ADMIN_ENV": cfg.env, "ADMIN_SECRET_KEY": cfg.secret_key}
+    check_port(cfg.host, cfg.port, "ADMIN_PORT")
     _describe(settings)
     _check_broker(settings)
     backend = Backend(settings)
@@ -239,8 +216,7 @@ def run(args: argparse.Namespace) -> int:
         server = make_server(cfg.host, cfg.port, app, threaded=True)
     except (OSError, SystemExit) as exc:
         backend.close()
-        print(f"error: the console cannot listen on {cfg.host}:{cfg.port}: {exc} (set ADMIN_PORT)", file=sys.stderr)
-        return 1
+        raise ConfigError(f"the console cannot listen on {cfg.host}:{cfg.port}: {exc} (set ADMIN_PORT)") from None
     url = f"http://{cfg.host}:{cfg.port}"
 
     # The pipeline's counters go on the console's /metrics, beside the console's own gauges.
@@ -296,7 +272,7 @@ def _banner(url: str, logins: list[tuple[str, str, str]], settings: Settings, ho
         log.warning("the console listens on %s with published demo passwords: keep it off untrusted networks", host)
 
 
-def emit(args: argparse.Namespace) -> int:
+def emit(args: PlayOptions, metrics_port: int | None = None, metrics_addr: str = "127.0.0.1") -> int:
     """Only the player (plus the relay), for a backend-demo process next to separate connectors."""
     settings = Settings.from_env()
     if not settings.mongodb_url.startswith(("mongodb://", "mongodb+srv://", "embedded://")):
@@ -307,14 +283,14 @@ def emit(args: argparse.Namespace) -> int:
         )
     _describe(settings)
     backend = Backend(settings)
-    if args.metrics_port is not None:
+    if metrics_port is not None:
         metrics = PipelineMetrics()
         instrument_emitter(backend.emitter, metrics)
         try:
-            serve(metrics.registry, args.metrics_port, args.metrics_addr)
+            serve(metrics.registry, metrics_port, metrics_addr)
         except OSError as exc:
             backend.close()
-            raise ConfigError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {exc}") from None
+            raise ConfigError(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}") from None
     declare(backend.subscriptions)
     backend.declare()
     backend.start_relay()

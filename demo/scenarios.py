@@ -21,9 +21,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from backend import backoff
 from backend.app import Backend
 from backend.errors import FifoqError, StoreError, ValidationError
 from backend.subscriptions import Subscriptions
@@ -34,7 +36,6 @@ ACTORS = ("payment", "notification", "availability", "shipping", "analytics", "i
 BAD_BOOKING = 4  # the 4th booking: about 4 s into the demo at the default rate
 BAD_CURRENCY = "XXX"  # passes the schema, refused by the payment provider (connectors.examples)
 DEFAULT_RATE = 3.0  # events per second
-STORE_RETRY_SECONDS = 2.0
 
 _MONEY = {"type": "number", "minimum": 0}
 _CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$"}
@@ -195,8 +196,9 @@ class Scenario:
         rng = self._rng
         name, email = rng.choice(CUSTOMERS)
         picked = rng.sample(PRODUCTS, rng.randint(1, 3))
-        items = [{"sku": sku, "qty": rng.randint(1, 3)} for sku, _ in picked]
-        amount = round(sum(price * it["qty"] for (_, price), it in zip(picked, items)), 2)
+        quantities = [rng.randint(1, 3) for _ in picked]
+        items = [{"sku": sku, "qty": qty} for (sku, _), qty in zip(picked, quantities, strict=True)]
+        amount = round(sum(price * qty for (_, price), qty in zip(picked, quantities, strict=True)), 2)
         return _Order(f"O-{n:04d}", {"name": name, "email": email}, items, amount, rng.choice(CURRENCIES))
 
 
@@ -232,17 +234,21 @@ class Player:
         next_at = time.monotonic()
         events = self.scenario.events()
         name, payload = next(events)
+        failures = 0  # emits refused in a row because the ledger is down
         while not stop.is_set() and (self.count is None or self.emitted < self.count):
             try:
                 ids = self.backend.emit_event(name, payload, correlation_id=correlation_of(name, payload))
             except StoreError as exc:  # the ledger is down: nothing was stored, try the same event again
-                log.warning("event=%s not emitted, ledger unavailable (%s): retrying in %.0fs", name, exc, STORE_RETRY_SECONDS)
-                stop.wait(STORE_RETRY_SECONDS)
+                delay = backoff.LEDGER_RETRY.delay(failures)
+                failures += 1
+                log.warning("event=%s not emitted, ledger unavailable (%s): retrying in %.1fs", name, exc, delay)
+                stop.wait(delay)
                 continue
             except FifoqError as exc:  # refused (schema...): a bug in the scenario, skip the event
                 log.error("event=%s refused: %s", name, exc)
             else:
                 log.debug("event=%s emitted to %d actors: %s", name, len(ids), ", ".join(ids))
+            failures = 0
             self.emitted += 1
             name, payload = next(events)
             if interval:

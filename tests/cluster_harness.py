@@ -85,7 +85,7 @@ class Cluster:
                                f"{proc.stdout}{proc.stderr}")
         return proc.stdout
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         """Start the 3 nodes and cluster them (no-op when already up)."""
         self._run("start")
         return self
@@ -119,7 +119,7 @@ class Cluster:
     def status(self) -> str:
         return self._run("status")
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

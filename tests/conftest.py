@@ -1,17 +1,39 @@
-"""Shared fixtures: every test gets its own queue prefix on the real broker and its own database."""
+"""Shared fixtures (flaskr style: tests use them by name, never import them).
+
+- every test gets its own queue prefix on the real broker and its own database: `prefix`,
+  `settings`, `backend`;
+- the console: `users` (ada/admin, otto/operator, vera/viewer, password helpers.PASSWORD), `app`,
+  `csrf_app`, `client`, logged-in clients `admin_client`, `operator`, `viewer`, `auth` (log a
+  client in as anyone), `broker_down_app`, and `blocked`: payment blocked through the real pipeline;
+- a real console server and browser: `console_url`, `browser_page`;
+- command lines: `run_cli`, which runs a CLI's main() in-process and returns its exit code and
+  output (click's CliRunner isolation); tests that check a process's exit code and stderr
+  start a real subprocess instead.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import threading
 import uuid
-from typing import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
 
+from admin.rabbitmq_api import RabbitAPI
+from admin.users import UserStore
 from backend.app import Backend
 from backend.settings import Settings
 from backend.store import Store
+from tests.helpers import CLOSED_PORT_URL, PASSWORD, PAYMENT_SCHEMA, XSS, Blocked, Recorder, fails_on_negative, login, make_app
 
 API_URL = os.environ.get("RABBITMQ_API_URL", "http://127.0.0.1:15672").rstrip("/")
 API_AUTH = (os.environ.get("RABBITMQ_API_USER", "guest"), os.environ.get("RABBITMQ_API_PASSWORD", "guest"))
@@ -97,3 +119,149 @@ def backend(settings: Settings) -> Iterator[Backend]:
 @pytest.fixture(autouse=True)
 def _quiet_pika() -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+# -- the console ----------------------------------------------------------------------------------
+@pytest.fixture
+def users(backend: Backend) -> UserStore:
+    store = UserStore(backend.store)
+    for name, role in (("ada", "admin"), ("otto", "operator"), ("vera", "viewer")):
+        store.create(name, PASSWORD, role)
+    return store
+
+
+@pytest.fixture
+def app(backend: Backend, users: UserStore) -> Flask:
+    return make_app(backend)
+
+
+@pytest.fixture
+def csrf_app(backend: Backend, users: UserStore) -> Flask:
+    return make_app(backend, csrf=True)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A client of `app`, not logged in."""
+    return app.test_client()
+
+
+class AuthActions:
+    """Log clients of `app` in (flaskr's `auth` fixture)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def client(self, name: str, password: str = PASSWORD) -> FlaskClient:
+        client = self.app.test_client()
+        resp = login(client, name, password)
+        assert resp.status_code == 302, resp.get_data(as_text=True)
+        return client
+
+
+@pytest.fixture
+def auth(app: Flask) -> AuthActions:
+    return AuthActions(app)
+
+
+@pytest.fixture
+def admin_client(auth: AuthActions) -> FlaskClient:
+    return auth.client("ada")
+
+
+@pytest.fixture
+def operator(auth: AuthActions) -> FlaskClient:
+    return auth.client("otto")
+
+
+@pytest.fixture
+def viewer(auth: AuthActions) -> FlaskClient:
+    return auth.client("vera")
+
+
+@pytest.fixture
+def blocked(backend: Backend) -> Blocked:
+    """Given payment (with a schema) and shipping subscribed to tour.booked, when the second event
+    has a negative amount, the payment handler fails on it and payment blocks."""
+    backend.subscriptions.actor("payment", schema=PAYMENT_SCHEMA, description="charges the customer")
+    backend.subscriptions.subscribe("payment", "tour.booked")
+    backend.subscriptions.subscribe("shipping", "tour.booked")
+    backend.declare()
+    customer = {"email": "a@example.com"}
+    done = backend.emit_event("tour.booked", {"amount": 10, "customer": customer})
+    failed = backend.emit_event("tour.booked", {"amount": -1, "customer": customer, "note": XSS})
+    waiting = [backend.emit_event("tour.booked", {"amount": 20 + i, "customer": customer}) for i in range(3)]
+    backend.emitter.flush()  # publish confirms are recorded off emit's path: settle them before snapshots
+
+    def pick(ids: list[str]) -> str:
+        return next(i for i in ids if backend.ledger.message(i)["actor"] == "payment")
+
+    state = Blocked("payment", pick(done), pick(failed), [pick(w) for w in waiting], Recorder(fails_on_negative))
+    state.run(backend)
+    assert backend.ledger.actor("payment")["blocked"]["message_id"] == state.failed_id
+    return state
+
+
+@pytest.fixture
+def broker_down_app(backend: Backend, users: UserStore) -> Flask:
+    s = backend.settings
+    return make_app(backend, mgmt=RabbitAPI(CLOSED_PORT_URL, s.api_user, s.api_password, timeout=2))
+
+
+# -- a real console server and browser --------------------------------------------------------------
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+
+
+@pytest.fixture
+def console_url(backend: Backend, users: UserStore) -> Iterator[str]:
+    """The console (with CSRF) served by a real HTTP server on a free port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, make_app(backend, csrf=True), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A page of headless Chromium (Debian's, driven by Playwright); page.csp_errors lists CSP reports."""
+    from playwright import sync_api as playwright_api
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium (make test does)", pytrace=False)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.csp_errors = []
+        page.on("console", lambda msg: "Content Security Policy" in msg.text and page.csp_errors.append(msg.text))
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+# -- command lines --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """run_cli(main, [args...], input="...") runs a command line's main() in this process with
+    stdin, stdout and stderr swapped (click's CliRunner isolation)."""
+
+    def run(main: Callable[[Sequence[str]], int], args: Sequence[str], input: str | None = None) -> CliResult:
+        runner = CliRunner()
+        with runner.isolation(input=input) as (out, err, _):
+            code = main(list(args))
+        return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+
+    return run

@@ -1,11 +1,36 @@
-"""Test helpers: recording handlers and waiting for conditions without timing assertions."""
+"""Test helpers (not fixtures: those are in conftest.py): recording handlers, waiting for
+conditions without timing assertions, the console's test app and its logins."""
 from __future__ import annotations
 
+import re
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from flask import Flask
+from flask.testing import FlaskClient
+
+from admin import create_app
+from admin.rabbitmq_api import RabbitAPI
+from backend.app import Backend
 from backend.values import Message
+from connectors.registry import Registry
+from connectors.runtime import Runtime
+
+PASSWORD = "correct horse battery"  # of the users fixture's ada (admin), otto (operator), vera (viewer)
+CLOSED_PORT_URL = "http://127.0.0.1:9"  # nothing listens on the discard port
+PAYMENT_SCHEMA = {
+    "type": "object",
+    "required": ["amount", "customer"],
+    "properties": {
+        "amount": {"type": "number"},
+        "customer": {"type": "object", "required": ["email"], "properties": {"email": {"type": "string"}}},
+        "note": {"type": "string"},
+    },
+}
+XSS = "<script>alert('pwned')</script><b>bold</b>"
 
 
 class Recorder:
@@ -49,6 +74,46 @@ def emit_around_a_gap(backend, actor: str = "payment", event: str = "x") -> None
     backend.emit_event(event, {"i": 0})
     backend.ledger.allocate(actor, 1)
     backend.emit_event(event, {"i": 2})
+
+
+def make_app(backend: Backend, *, csrf: bool = False, mgmt: RabbitAPI | None = None, **extra: Any) -> Flask:
+    """The console over `backend` in testing mode (CSRF off unless asked for)."""
+    config: dict[str, Any] = {"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": csrf}
+    config.update(extra)
+    return create_app(backend, config=config, mgmt=mgmt)
+
+
+def csrf_token_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def login(client: FlaskClient, name: str, password: str = PASSWORD) -> Any:
+    """Log `client` in through the login form (with its CSRF token); returns the answer."""
+    page = client.get("/login")
+    token = csrf_token_from(page.get_data(as_text=True))
+    return client.post("/login", data={"username": name, "password": password, "csrf_token": token})
+
+
+@dataclass
+class Blocked:
+    """payment is blocked on `failed_id` (seq 2); `done_id` succeeded, `waiting_ids` wait behind."""
+
+    actor: str
+    done_id: str
+    failed_id: str
+    waiting_ids: list[str]
+    recorder: Recorder
+
+    def run(self, backend: Backend) -> None:
+        reg = Registry()
+        reg.register(self.actor, self.recorder)
+        Runtime(backend.settings, backend.ledger, reg).run(drain=True, timeout=60)
+
+
+def fails_on_negative(message: Message) -> bool:
+    return bool(message.payload.get("amount", 0) < 0)
 
 
 def set_json_editor(page, scope: str, text: str) -> None:

@@ -11,18 +11,7 @@ from flask.testing import FlaskClient
 from admin.users import UserStore
 from backend.app import Backend
 from backend.errors import StoreError
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
-    XSS,
-    Blocked,
-    admin_client,
-    app,
-    blocked,
-    broker_down_app,
-    login,
-    operator,
-    users,
-    viewer,
-)
+from tests.helpers import XSS, Blocked, login
 
 
 def test_admin_api_overview_lists_actors_with_broker_figures(viewer: FlaskClient, blocked: Blocked) -> None:
@@ -91,7 +80,8 @@ def test_admin_api_actor_detail_messages_and_consistency(viewer: FlaskClient, bl
     assert cons["status"] in ("ok", "unknown")  # "unknown" until the broker's first stats collection
 
 
-def test_admin_api_search_matches_payload_keys_values_correlation_and_edits_in_the_database(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:
+def test_admin_api_search_matches_payload_keys_values_correlation_and_edits_in_the_database(operator: FlaskClient, backend: Backend,
+                                                                                           blocked: Blocked) -> None:
     def found(q: str) -> list[str]:
         page = operator.get("/api/actors/payment/messages", query_string={"q": q}).get_json()
         assert "search" not in (page["items"][0] if page["items"] else {})  # internal field, not shown
@@ -105,7 +95,8 @@ def test_admin_api_search_matches_payload_keys_values_correlation_and_edits_in_t
     assert found(".*") == [] and found("[a-z]+") == []  # a literal, not a pattern
     # the search text follows an edit: the new payload is found, the old one no longer
     version = failed["version"]
-    resp = operator.put(f"/api/messages/{blocked.failed_id}/payload", json={"payload": dict(failed["payload"], note="zebra-7", amount=5), "expected_version": version})
+    resp = operator.put(f"/api/messages/{blocked.failed_id}/payload",
+                        json={"payload": dict(failed["payload"], note="zebra-7", amount=5), "expected_version": version})
     assert resp.status_code == 200, resp.get_json()
     assert found("zebra-7") == [blocked.failed_id] and found("pwned") == []
 
@@ -116,7 +107,7 @@ def test_admin_api_consistency_flags_messages_missing_from_the_broker(backend: B
     outlasted the statistics' lag and the persistence time (short here)."""
     import requests
 
-    from tests.admin_fixtures import login, make_app
+    from tests.helpers import login, make_app
     from tests.conftest import API_AUTH, API_URL
     from tests.helpers import wait_for
 
@@ -301,7 +292,8 @@ def test_admin_api_users_and_tokens_admin_only(admin_client: FlaskClient, users:
     assert sorted(actions) == ["login", "token.create", "token.revoke", "user.create", "user.role"]
 
 
-def test_admin_api_deactivated_user_loses_session_and_tokens(admin_client: FlaskClient, viewer: FlaskClient, users: UserStore, backend: Backend) -> None:
+def test_admin_api_deactivated_user_loses_session_and_tokens(admin_client: FlaskClient, viewer: FlaskClient, users: UserStore,
+                                                            backend: Backend) -> None:
     token, _ = users.create_token("vera")
     assert viewer.get("/api/me").status_code == 200
     resp = admin_client.put("/api/users/vera/active", json={"active": False})

@@ -1,7 +1,6 @@
 """Login, sessions, roles, CSRF, API tokens, security headers, settings and the command line."""
 from __future__ import annotations
 
-import io
 from datetime import timedelta
 
 import pytest
@@ -14,20 +13,7 @@ from admin.config import AdminConfig
 from admin.users import Role, UserStore
 from backend.app import Backend
 from backend.errors import ConfigError
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
-    PASSWORD,
-    Blocked,
-    admin_client,
-    app,
-    blocked,
-    csrf_app,
-    csrf_token_from,
-    login,
-    make_app,
-    operator,
-    users,
-    viewer,
-)
+from tests.helpers import PASSWORD, Blocked, csrf_token_from, login, make_app
 
 
 def text(resp) -> str:
@@ -278,12 +264,12 @@ def test_admin_auth_settings_require_a_secret_key_in_production(backend: Backend
 
 
 # -- command line ---------------------------------------------------------------------------------
-def test_admin_auth_cli_create_user_reads_password_from_stdin(backend: Backend, monkeypatch, capsys) -> None:
+def test_admin_auth_cli_create_user_reads_password_from_stdin(backend: Backend, monkeypatch, run_cli) -> None:
     monkeypatch.setenv("MONGODB_URL", backend.settings.mongodb_url)
     monkeypatch.setenv("MONGODB_DB", backend.settings.mongodb_db)
-    rc = cli_main(["create-user", "root", "--role", "admin", "--password-stdin", "--allow-embedded"],
-                  stdin=io.StringIO("s3cret-enough\n"))
-    assert rc == 0 and "created user root with role admin" in capsys.readouterr().out
+    res = run_cli(cli_main, ["create-user", "root", "--role", "admin", "--password-stdin", "--allow-embedded"],
+                  input="s3cret-enough\n")
+    assert res.code == 0 and "created user root with role admin" in res.stdout
     assert UserStore(backend.store).authenticate("root", "s3cret-enough").role is Role.ADMIN
 
 
@@ -296,7 +282,8 @@ def test_admin_auth_cli_create_user_reads_password_from_stdin(backend: Backend, 
         (["create-user", "bob", "--password-stdin", "embedded"], "long-enough-pw\n", "ADMIN_BOOTSTRAP_USER"),
     ],
 )
-def test_admin_auth_cli_bad_input_exits_non_zero_with_one_line(backend: Backend, monkeypatch, capsys, argv, stdin, expected) -> None:
+def test_admin_auth_cli_bad_input_exits_non_zero_with_one_line(backend: Backend, monkeypatch, run_cli, argv, stdin,
+                                                              expected) -> None:
     if argv[-1] == "embedded":
         argv = argv[:-1]
         monkeypatch.setenv("MONGODB_URL", "embedded://127.0.0.1:9")
@@ -304,20 +291,21 @@ def test_admin_auth_cli_bad_input_exits_non_zero_with_one_line(backend: Backend,
         monkeypatch.setenv("MONGODB_URL", backend.settings.mongodb_url)
     else:
         monkeypatch.delenv("MONGODB_URL", raising=False)
-    rc = cli_main(argv, stdin=io.StringIO(stdin))
-    err = capsys.readouterr().err.strip()
-    assert rc != 0
+    res = run_cli(cli_main, argv, input=stdin)
+    err = res.stderr.strip()
+    assert res.code == 2
     assert expected in err and len(err.splitlines()) == 1
 
 
-def test_admin_auth_cli_duplicate_user_and_bad_role(backend: Backend, monkeypatch, capsys) -> None:
+def test_admin_auth_cli_duplicate_user_and_bad_role(backend: Backend, monkeypatch, run_cli) -> None:
     monkeypatch.setenv("MONGODB_URL", backend.settings.mongodb_url)
     monkeypatch.setenv("MONGODB_DB", backend.settings.mongodb_db)
     argv = ["create-user", "dup", "--password-stdin", "--allow-embedded"]
-    assert cli_main(argv, stdin=io.StringIO("long-enough-pw\n")) == 0
-    assert cli_main(argv, stdin=io.StringIO("long-enough-pw\n")) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert cli_main(["create-user", "x", "--role", "root"], stdin=io.StringIO("")) == 2
+    assert run_cli(cli_main, argv, input="long-enough-pw\n").code == 0
+    again = run_cli(cli_main, argv, input="long-enough-pw\n")
+    assert again.code == 2 and "already exists" in again.stderr
+    bad_role = run_cli(cli_main, ["create-user", "x", "--role", "root"], input="")
+    assert bad_role.code == 2 and bad_role.stderr.count("\n") == 1 and "--role" in bad_role.stderr
 
 
 def test_admin_auth_serve_runs_the_console_and_bootstraps_the_first_admin(settings, tmp_path) -> None:
@@ -337,8 +325,9 @@ def test_admin_auth_serve_runs_the_console_and_bootstraps_the_first_admin(settin
         port = s.getsockname()[1]
     env = dict(os.environ, ADMIN_ENV="development", ADMIN_PORT=str(port), FIFOQ_PREFIX=settings.prefix,
                ADMIN_BOOTSTRAP_USER="boot", ADMIN_BOOTSTRAP_PASSWORD="bootstrap-pw", MONGODB_URL="")
-    proc = subprocess.Popen([sys.executable, "-m", "admin", "serve"], env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
+    with open(tmp_path / "serve.log", "w") as serve_log:  # the process keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "admin", "serve"], env=env,
+                                cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.DEVNULL, stderr=serve_log)
     base = f"http://127.0.0.1:{port}"
     try:
         def up() -> bool:

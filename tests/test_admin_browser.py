@@ -8,54 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from playwright import sync_api as playwright_api
-from werkzeug.serving import make_server
 
 from admin.rabbitmq_api import QueueInfo, RabbitAPI
 from backend.app import Backend
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.admin_fixtures import PASSWORD, Blocked, blocked, make_app, users  # noqa: F401  (fixtures)
-from tests.helpers import set_json_editor, wait_for
+from tests.helpers import PASSWORD, Blocked, set_json_editor, wait_for
 
-
-CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 _NO_STATS = QueueInfo.from_api({})
-
-
-@pytest.fixture
-def console_url(backend: Backend, users) -> Iterator[str]:
-    app = make_app(backend, csrf=True)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser_page(tmp_path: Path):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium (make test does)", pytrace=False)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.csp_errors = []  # type: ignore[attr-defined]
-        page.on("console", lambda msg: "Content Security Policy" in msg.text and page.csp_errors.append(msg.text))
-        try:
-            yield page
-        finally:
-            browser.close()
 
 
 def test_admin_browser_fix_and_replay_a_blocked_actor(backend: Backend, blocked: Blocked, console_url: str,

@@ -7,6 +7,7 @@ Set ADMIN_SCREENSHOTS_DIR to keep the screenshots; otherwise they go to the test
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,9 +21,7 @@ from admin.rabbitmq_api import QueueInfo, RabbitAPI
 from backend.app import Backend
 from connectors.runtime import Runtime
 from demo.scenarios import ACTORS, BAD_CURRENCY, Player, Scenario, declare
-from tests.admin_fixtures import PASSWORD, users  # noqa: F401  (fixture)
-from tests.helpers import set_json_editor, wait_for
-from tests.test_admin_browser import browser_page, console_url  # noqa: F401  (fixtures)
+from tests.helpers import PASSWORD, set_json_editor, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +32,7 @@ _NO_STATS = QueueInfo.from_api({})
 _CHARGED = re.compile(r"^actor=payment message=(\S+) (?:charge|refund) ")
 
 
-def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, browser_page,  # noqa: F811
+def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, browser_page,
                                             tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shots = Path(os.environ.get("ADMIN_SCREENSHOTS_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -120,7 +119,7 @@ def test_admin_browser_demo_blocked_payment(backend: Backend, console_url: str, 
         assert repaired["_id"] == blocked_id and repaired["version"] == 2 and repaired["attempts"] == 2
         assert repaired["last_error"]["type"] == "PaymentRefused"
         after = docs[bad_index:]
-        assert all(a["finished_at"] <= b["started_at"] for a, b in zip(after, after[1:])), \
+        assert all(a["finished_at"] <= b["started_at"] for a, b in itertools.pairwise(after)), \
             "each later payment started only after the one before it finished"
         assert backend.ledger.actor("payment")["blocked"] is None
         # ... which the payment handler's own log lines agree with (charged/refunded once each, in order)

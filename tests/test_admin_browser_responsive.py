@@ -22,9 +22,9 @@ from playwright import sync_api as playwright_api
 from admin import timefmt
 from admin.users import UserStore
 from backend.app import Backend
-from tests.admin_fixtures import PASSWORD, Blocked, blocked, users  # noqa: F401  (fixtures)
+from tests.helpers import Blocked, PASSWORD
 from tests.helpers import wait_for
-from tests.test_admin_browser import CHROMIUM, console_url  # noqa: F401  (fixture)
+from tests.conftest import CHROMIUM
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from admin.users import LAST_USE_RESOLUTION_SECONDS, UserStore
 from backend.app import Backend
 from backend.ledger import utcnow
-from tests.admin_fixtures import admin_client, app, csrf_app, login, users  # noqa: F401  (fixtures)
+from tests.helpers import login
 
 
 def text(resp) -> str:

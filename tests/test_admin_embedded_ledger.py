@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backend import ledger_server
 from backend.app import Backend
-from tests.admin_fixtures import PASSWORD, Blocked, blocked, login, make_app  # noqa: F401  (fixtures)
+from tests.helpers import PASSWORD, Blocked, login, make_app
 
 
 def test_admin_embedded_ledger_console_reads_the_served_ledger(backend: Backend, blocked: Blocked) -> None:

@@ -7,7 +7,7 @@ import re
 from flask.testing import FlaskClient
 
 from admin import timefmt
-from tests.admin_fixtures import Blocked, app, blocked, users, viewer  # noqa: F401  (fixtures)
+from tests.helpers import Blocked
 
 
 def table(client: FlaskClient, query: str = "") -> str:

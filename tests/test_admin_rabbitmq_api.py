@@ -10,8 +10,7 @@ from backend.app import Backend
 from backend.settings import Settings
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.admin_fixtures import CLOSED_PORT_URL
-from tests.helpers import Recorder, wait_for
+from tests.helpers import CLOSED_PORT_URL, Recorder, wait_for
 
 
 def api_for(settings: Settings) -> RabbitAPI:

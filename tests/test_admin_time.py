@@ -10,7 +10,6 @@ from flask.testing import FlaskClient
 
 from admin import timefmt
 from backend.app import Backend
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
     Blocked,
     admin_client,
     app,

@@ -9,18 +9,7 @@ from flask.testing import FlaskClient
 from admin.users import UserStore
 from backend.app import Backend
 from backend.errors import StoreError
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
-    XSS,
-    Blocked,
-    admin_client,
-    app,
-    blocked,
-    broker_down_app,
-    login,
-    operator,
-    users,
-    viewer,
-)
+from tests.helpers import XSS, Blocked, login
 
 
 def text(resp) -> str:

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from admin.notifier import Notifier, NotifierCollector
 from admin.notify_settings import NotifySettings
 from backend.app import Backend
-from tests.admin_fixtures import Blocked, app, blocked, users, viewer  # noqa: F401  (fixtures)
+from tests.helpers import Blocked
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,8 @@ import pytest
 
 from backend import ledger_server
 from backend.app import Backend
-from backend.errors import PayloadTooLarge, SchemaViolation, UnknownActor, UnknownMessage, ValidationError
+from backend.errors import ConfigError, PayloadTooLarge, SchemaViolation, UnknownActor, UnknownMessage, ValidationError
 from backend.settings import Settings
-from backend.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

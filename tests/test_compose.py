@@ -123,7 +123,7 @@ def test_three_node_rabbitmq_cluster(compose):
     assert re.search(r"^cluster_formation\.peer_discovery_backend\s*=\s*classic_config", conf, re.M)
     peers = set(re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+\s*=\s*(\S+)", conf, re.M))
     cookies = set()
-    for name, svc in nodes.items():
+    for svc in nodes.values():
         assert svc["environment"]["RABBITMQ_NODENAME"] == f"rabbit@{svc['hostname']}"
         assert svc["environment"]["RABBITMQ_NODENAME"] in peers
         cookies.add(svc["environment"]["RABBITMQ_ERLANG_COOKIE"])

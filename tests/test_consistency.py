@@ -19,7 +19,7 @@ from backend.app import Backend
 from backend.ledger import utcnow
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.admin_fixtures import Blocked, blocked, login, make_app, users  # noqa: F401  (fixtures)
+from tests.helpers import Blocked, login, make_app
 from tests.helpers import Recorder, wait_for
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=utcnow().tzinfo)

@@ -148,19 +148,17 @@ def test_demo_reset_queues_refuses_a_queue_another_process_consumes(settings) ->
     assert settings.queue_name("payment") not in names
 
 
-def test_demo_cli_bad_arguments_and_settings_exit_2_with_one_line(monkeypatch, capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["--duration", "soon"])
-    assert exc.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+def test_demo_cli_bad_arguments_and_settings_exit_2_with_one_line(monkeypatch, run_cli) -> None:
+    res = run_cli(cli.main, ["--duration", "soon"])
+    assert res.code == 2 and len(res.stderr.strip().splitlines()) == 1 and "--duration" in res.stderr
     monkeypatch.setenv("FIFOQ_PREFIX", "Not A Prefix")
-    assert cli.main(["--duration", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: FIFOQ_PREFIX=")
+    res = run_cli(cli.main, ["--duration", "1"])
+    err = res.stderr.strip().splitlines()
+    assert res.code == 2 and len(err) == 1 and err[0].startswith("error: FIFOQ_PREFIX=")
     monkeypatch.delenv("FIFOQ_PREFIX")
     monkeypatch.setenv("MONGODB_URL", "")
-    assert cli.main(["emit", "--duration", "1"]) == 2
-    assert "needs MONGODB_URL" in capsys.readouterr().err
+    res = run_cli(cli.main, ["emit", "--duration", "1"])
+    assert res.code == 2 and "needs MONGODB_URL" in res.stderr
 
 
 def test_demo_process_serves_the_console_and_stops_by_itself(prefix: str, tmp_path: Path) -> None:

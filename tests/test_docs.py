@@ -4,10 +4,11 @@ Scans README.md and docs/*.md (new pages are picked up automatically):
 
 - shell commands, in fenced code blocks and inline in the prose (a backquoted span such as
   `python -m backend status`), that invoke the project's command lines
-  (`python -m backend|connectors|admin|demo|bench ...`, also as `.venv/bin/python -m ...`) are
-  parsed by that command's own argparse parser (the real one, caught at `parse_args`), so an
-  unknown subcommand, an unknown option or a missing required argument fails, and bench's
-  benchmark names must be real; each subcommand's `--help` is also run as a process. Inline spans
+  (`python -m backend|connectors|admin|demo|bench ...`, also as `.venv/bin/python -m ...`, and the
+  `fifoq ...` console script) are parsed by that command's own click command (the real one, caught
+  as it is about to run the command), so an unknown subcommand, an unknown option, a bad value or a
+  missing required argument fails, and bench's benchmark names must be real; each subcommand's
+  `--help` is also run as a process. Inline spans
   may use usage notation: `[optional parts]` and `...` are dropped before parsing. A span that
   names a subcommand without `python -m` (`bench queues`) fails: it would not run as written;
 - every `BENCH_ARGS=...` value shown (docs and the Makefile's help) is accepted by bench's parser;
@@ -29,7 +30,6 @@ Scans README.md and docs/*.md (new pages are picked up automatically):
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib
 import os
@@ -38,29 +38,38 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+import click
 import pytest
+
+from backend import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = {
-    # module -> (module holding main, name of main)
-    "backend": ("backend.cli", "main"),
-    "connectors": ("connectors.cli", "main"),
-    "admin": ("admin.cli", "main"),
-    "demo": ("demo.cli", "main"),
-    "bench": ("bench.cli", "main"),
+    # module -> module holding its click command `cli`
+    "backend": "backend.cli",
+    "connectors": "connectors.cli",
+    "admin": "admin.cli",
+    "demo": "demo.cli",
+    "bench": "bench.cli",
+    "fifoq": "fifoq.cli",
 }
-CLI_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+(" + "|".join(CLIS) + r")\b(.*)$")
+# `fifoq ...` counts as a command where a command starts: at the start of a line or span, after
+# `$ `, `;`, `&&`, `|` or `(` (elsewhere the word is the product's name)
+CLI_RE = re.compile(r"(?:(?:^|[\s;&|(`/])python3?\s+-m\s+(" + "|".join(CLIS) + r")\b"
+                    r"|(?:^|[;&|(`]\s*|^\$\s+)(fifoq)(?=\s+-|\s+[a-z-]+(?:\s|$)|$))(.*)$")
 MAKE_RE = re.compile(r"(?:^|[\s;&|(`])make\s+(.*)$")
 SCRIPT_RE = re.compile(r"(?:^|[\s;&|(`])(scripts/[\w.-]+\.sh)\b(.*)$")
 FENCE_RE = re.compile(r"^(\s*)```(.*)$")
 INLINE_RE = re.compile(r"(`+)(.+?)\1", re.S)  # a backquoted span of the prose
 PYMOD_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+([A-Za-z_][\w.]*)(.*)$")
 VENV_BIN_RE = re.compile(r"(?:^|[\s;&|(`])\.venv/bin/([\w.+-]+)")
-BARE_CLI_RE = re.compile(r"^(" + "|".join(CLIS) + r")\s+([\w-]+)")
+# `fifoq status` runs as written (the console script); `backend status` does not
+BARE_CLI_RE = re.compile(r"^(" + "|".join(c for c in CLIS if c != "fifoq") + r")\s+([\w-]+)")
 BENCH_ARGS_RE = re.compile(r"\bBENCH_ARGS=(\"[^\"]*\"|'[^']*'|[^\s`\"';)]+)")
 # a commit hash as people write one: an abbreviation (7-12) or a full hash (40), or any hex run
 # right after the word "commit"; pure digits (1000000) are numbers, not hashes
@@ -184,7 +193,7 @@ def cli_commands() -> list[CliCommand]:
         for line in command_lines(path):
             m = CLI_RE.search(line.text)
             if m:
-                out.append(CliCommand(line, m.group(1), tuple(shell_words(m.group(2)))))
+                out.append(CliCommand(line, m.group(1) or m.group(2), tuple(shell_words(m.group(3)))))
     return out
 
 
@@ -200,71 +209,56 @@ def make_commands() -> list[tuple[Line, list[str]]]:
 
 
 class _Parsed(BaseException):
-    """Raised instead of returning from parse_args: the command line was accepted."""
+    """Raised instead of running a command: the command line was accepted."""
 
-    def __init__(self, namespace: argparse.Namespace | None, parser: argparse.ArgumentParser) -> None:
+    def __init__(self, ctx: click.Context) -> None:
         super().__init__()
-        self.namespace = namespace
-        self.parser = parser
+        self.ctx = ctx
 
 
-def parse_with_project_parser(module: str, args: Sequence[str], monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> argparse.Namespace:
-    """Run the CLI's main() until its parser has parsed `args`; fail with argparse's message."""
-    mod_name, func = CLIS[module]
-    main: Callable[..., Any] = getattr(importlib.import_module(mod_name), func)
-    real = argparse.ArgumentParser.parse_args
+def project_command(module: str) -> click.Command:
+    return importlib.import_module(CLIS[module]).cli  # type: ignore[no-any-return]
 
-    def parse_args(self: argparse.ArgumentParser, argv: Any = None, namespace: Any = None) -> Any:
-        raise _Parsed(real(self, argv, namespace), self)
+
+def parse_with_project_parser(module: str, args: Sequence[str], monkeypatch: pytest.MonkeyPatch) -> click.Context:
+    """Run the CLI until its command (not a group) is about to run; fail with click's message."""
+    real = click.Command.invoke
+
+    def invoke(self: click.Command, ctx: click.Context) -> Any:
+        if isinstance(self, click.Group):
+            return real(self, ctx)  # the group's callback, then the resolution of its subcommand
+        raise _Parsed(ctx)
 
     with monkeypatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+        m.setattr(click.Command, "invoke", invoke)
+        m.setattr(logs, "configure", lambda *a, **k: None)  # a group's set-up: not this test's business
         try:
-            code = main(list(args))
+            project_command(module).main(list(args), prog_name=module, standalone_mode=False)
         except _Parsed as parsed:
-            return parsed.namespace
-        except SystemExit as exc:
-            code = exc.code
-    err = capsys.readouterr().err.strip().splitlines()  # admin's main turns argparse's exit into a return
-    raise AssertionError(f"refused (exit {code}): {err[-1] if err else ''}")
+            return parsed.ctx
+        except click.ClickException as exc:
+            raise AssertionError(f"refused: {exc.format_message()}") from None
+    raise AssertionError("accepted, but no command would run")
 
 
-def check_bench_names(namespace: argparse.Namespace) -> None:
-    """bench's main checks its benchmark names after parse_args, where the parse above stops."""
+def check_bench_names(ctx: click.Context) -> None:
+    """bench's command checks its benchmark names when it runs, where the parse above stops."""
     from bench.cli import BENCHMARKS
 
-    unknown = [w for w in namespace.which if w not in BENCHMARKS]
+    unknown = [w for w in ctx.params["which"] if w not in BENCHMARKS]
     if unknown:
         raise AssertionError(f"unknown benchmark(s) {unknown}: bench has {sorted(BENCHMARKS)}")
 
 
-def project_parser(module: str) -> argparse.ArgumentParser:
-    """The top-level parser a CLI's main() builds, caught as it starts parsing."""
-    mod_name, func = CLIS[module]
-    main: Callable[..., Any] = getattr(importlib.import_module(mod_name), func)
-
-    def parse_args(self: argparse.ArgumentParser, argv: Any = None, namespace: Any = None) -> Any:
-        raise _Parsed(None, self)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", parse_args)
-        try:
-            main([])
-        except _Parsed as parsed:
-            return parsed.parser
-    raise AssertionError(f"python -m {module}: main() returned without parsing its arguments")
-
-
 def subcommands(module: str) -> set[str]:
-    """Words that may follow `python -m MODULE`: its sub-parsers or first positional's choices."""
+    """Words that may follow `python -m MODULE`: its subcommands, or bench's benchmark names."""
     if module == "bench":
         from bench.cli import BENCHMARKS
 
         return set(BENCHMARKS)
-    for action in project_parser(module)._actions:  # noqa: SLF001 - argparse has no public listing
-        if not action.option_strings and action.choices:
-            return set(action.choices)
+    command = project_command(module)
+    if isinstance(command, click.Group):
+        return set(command.list_commands(click.Context(command)))
     return set()
 
 
@@ -276,36 +270,37 @@ def test_docs_show_commands_of_every_cli() -> None:
     assert any(targets for _, targets in make_commands())
 
 
-def test_docs_cli_commands_are_accepted_by_the_project_parsers(monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_docs_cli_commands_are_accepted_by_the_project_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
     failures = []
     for cmd in cli_commands():
         if "-h" in cmd.args or "--help" in cmd.args:
             continue
-        if not cmd.args and cmd.module != "demo":
+        if not cmd.args and cmd.module not in ("demo", "bench"):
             continue  # `python -m backend` named as a whole: its --help is checked below
         try:
-            namespace = parse_with_project_parser(cmd.module, cmd.args, monkeypatch, capsys)
+            ctx = parse_with_project_parser(cmd.module, cmd.args, monkeypatch)
             if cmd.module == "bench":
-                check_bench_names(namespace)
+                check_bench_names(ctx)
         except AssertionError as exc:
-            failures.append(f"{cmd.line}\n    python -m {cmd.module} {shlex.join(cmd.args)}: {exc}")
+            failures.append(f"{cmd.line}\n    {cmd.module} {shlex.join(cmd.args)}: {exc}")
     assert not failures, "commands in the docs that the project's parsers refuse:\n" + "\n".join(failures)
 
 
 def test_docs_cli_subcommands_have_a_help_that_runs() -> None:
     seen: dict[tuple[str, ...], Line] = {}
     for cmd in cli_commands():
-        head = [a for a in cmd.args[:1] if not a.startswith("-")]
-        # demo's first positional is a choice (run/emit), not a sub-parser: its help is the top one
-        key = (cmd.module,) + (tuple(head) if cmd.module in ("backend", "connectors", "admin") else ())
-        seen.setdefault(key, cmd.line)
+        known = subcommands(cmd.module) if cmd.module != "bench" else set()
+        words = [a for a in cmd.args[:2] if not a.startswith("-")]
+        head = words[:1] if words[:1] and words[0] in known else []
+        if cmd.module == "fifoq" and head and head[0] in ("connectors", "admin", "demo") and words[1:]:
+            head = words[:2]  # `fifoq admin serve`: the sub-subcommand's help
+        seen.setdefault((cmd.module, *head), cmd.line)
     failures = []
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for key, line in sorted(seen.items()):
         proc = subprocess.run([sys.executable, "-m", *key, "--help"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
-        if proc.returncode != 0 or "usage:" not in proc.stdout:
+        if proc.returncode != 0 or "usage:" not in proc.stdout.lower():
             failures.append(f"{line}: `python -m {' '.join(key)} --help` exit {proc.returncode}: {proc.stderr[-300:]}")
     assert not failures, "\n".join(failures)
 
@@ -335,9 +330,9 @@ def test_docs_scripts_exist_with_their_subcommands() -> None:
                 text = script.read_text(encoding="utf-8")
                 # a script that dispatches on its first argument (`case "${1:-}" in`) has subcommands
                 has_cases = re.search(r'^\s*case\s+"?\$\{?1\b', text, re.M) is not None
-                if words and has_cases and not words[0].startswith("-"):
-                    if not re.search(rf"^\s*{re.escape(words[0])}\)", text, re.M):
-                        failures.append(f"{line}: {m.group(1)} has no subcommand {words[0]!r}")
+                if (words and has_cases and not words[0].startswith("-")
+                        and not re.search(rf"^\s*{re.escape(words[0])}\)", text, re.M)):
+                    failures.append(f"{line}: {m.group(1)} has no subcommand {words[0]!r}")
     assert not failures, "\n".join(failures)
 
 
@@ -360,12 +355,11 @@ def test_docs_inline_commands_and_bench_args_are_extracted() -> None:
     assert bench_args_values()
 
 
-def test_docs_bench_args_values_are_accepted_by_bench(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_docs_bench_args_values_are_accepted_by_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     failures = []
     for where, args in bench_args_values():
         try:
-            check_bench_names(parse_with_project_parser("bench", args, monkeypatch, capsys))
+            check_bench_names(parse_with_project_parser("bench", args, monkeypatch))
         except AssertionError as exc:
             failures.append(f"{where}\n    python -m bench {shlex.join(args)}: {exc}")
     assert not failures, "BENCH_ARGS values that bench refuses:\n" + "\n".join(failures)

@@ -10,8 +10,7 @@ from flask.testing import FlaskClient
 from admin.failures import build_board, fingerprint, handler_frame, normalise_message
 from admin.releases import ReleasePlans
 from backend.app import Backend
-from tests.admin_fixtures import (app, csrf_app, csrf_token_from, login, operator, users,  # noqa: F401
-                                  viewer)
+from tests.helpers import csrf_token_from, login
 from tests.failure_fixtures import ADD_CURRENCY, Incident, book, incident  # noqa: F401  (fixture)
 
 
@@ -295,7 +294,7 @@ def test_failures_release_poll_setting_is_validated_and_zero_drives_nothing(back
     import pytest
 
     from backend.errors import ConfigError
-    from tests.admin_fixtures import make_app
+    from tests.helpers import make_app
 
     for bad in ("soon", "-1", "61"):
         with pytest.raises(ConfigError, match="ADMIN_RELEASE_POLL_SECONDS"):

@@ -17,10 +17,10 @@ from playwright import sync_api as playwright_api
 
 from backend.app import Backend
 from connectors.runtime import Runtime
-from tests.admin_fixtures import PASSWORD, Blocked, blocked, users  # noqa: F401  (fixtures)
+from tests.helpers import Blocked, PASSWORD
 from tests.failure_fixtures import ADD_CURRENCY, Incident, incident  # noqa: F401  (fixture)
 from tests.helpers import set_json_editor, wait_for
-from tests.test_admin_browser import CHROMIUM, console_url  # noqa: F401  (fixture)
+from tests.conftest import CHROMIUM
 
 pytestmark = pytest.mark.browser
 WIDTHS = {1280: 900, 390: 844}

@@ -16,20 +16,12 @@ from urllib.parse import quote
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from admin.users import UserStore
 from backend.app import Backend
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
-    PASSWORD,
-    XSS,
-    Blocked,
-    app,
-    blocked,
-    csrf_app,
-    csrf_token_from,
-    users,
-)
+from tests.helpers import PASSWORD, XSS, Blocked, csrf_token_from
 
 EXAMPLES = 60
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

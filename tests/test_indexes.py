@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 from backend.app import Backend
 from backend.store import Collection, Cursor
-from tests.admin_fixtures import Blocked, admin_client, app, blocked, operator, users, viewer  # noqa: F401  (fixtures)
+from tests.helpers import Blocked
 
 Query = tuple[str, str, dict[str, Any], list[tuple[str, int]]]
 # Collections read whole on purpose: their size is bounded by the actors, not by the messages.

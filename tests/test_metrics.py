@@ -25,10 +25,7 @@ from backend.settings import Settings
 from connectors.metrics import WorkerCollector, serve
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.admin_fixtures import (  # noqa: F401  (fixtures)
-    Blocked, admin_client, app, blocked, broker_down_app, csrf_token_from, login, make_app, operator, users, viewer,
-)
-from tests.helpers import Recorder, wait_for
+from tests.helpers import Blocked, Recorder, login, make_app, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,7 +142,7 @@ def test_connector_cli_metrics_port_serves_prometheus_text(backend: Backend) -> 
         assert "fifoq_handler_seconds" in requests.get(url, timeout=2).text
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         server.stop_event.set()
     assert proc.returncode == 0, err
 
@@ -177,7 +174,7 @@ def test_demo_emit_metrics_port_counts_emitted_messages(backend: Backend) -> Non
         server.stop_event.set()
     assert proc.returncode == 0, err
     bad = subprocess.run([sys.executable, "-m", "demo", "--metrics-port", "9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--metrics-port is for" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "No such option '--metrics-port'" in bad.stderr
 
 
 def test_connector_cli_metrics_port_taken_is_an_error(settings: Settings) -> None:
@@ -230,10 +227,12 @@ def test_console_alert_settings_fail_fast(backend: Backend, var: str, raw: str) 
 
 
 def test_alert_rules_from_env_defaults_and_values() -> None:
-    assert AlertRules.from_env({}) == AlertRules(5.0, 1000, True, 60.0, 15.0)
+    assert AlertRules.from_env({}) == AlertRules(blocked_minutes=5.0, queue_depth=1000, no_consumer=True,
+                                                 persist_seconds=60.0, broker_lag_seconds=15.0)
     assert AlertRules.from_env({"ADMIN_ALERT_BLOCKED_MINUTES": "0.5", "ADMIN_ALERT_QUEUE_DEPTH": "10",
                                 "ADMIN_ALERT_NO_CONSUMER": "0", "ADMIN_ALERT_PERSIST_SECONDS": "30",
-                                "ADMIN_BROKER_STATS_LAG_SECONDS": "7.5"}) == AlertRules(0.5, 10, False, 30.0, 7.5)
+                                "ADMIN_BROKER_STATS_LAG_SECONDS": "7.5"}) == AlertRules(
+        blocked_minutes=0.5, queue_depth=10, no_consumer=False, persist_seconds=30.0, broker_lag_seconds=7.5)
 
 
 # -- the console ---------------------------------------------------------------------------------

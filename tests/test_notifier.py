@@ -19,7 +19,7 @@ from backend.errors import ConfigError
 from backend.ledger import utcnow
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.admin_fixtures import Blocked, blocked  # noqa: F401  (fixtures)
+from tests.helpers import Blocked
 from tests.helpers import Recorder
 
 SECRET = "s3cret-for-the-default-receiver"

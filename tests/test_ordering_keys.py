@@ -12,7 +12,6 @@ from backend.subscriptions import lane_of
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.conftest import API_AUTH, API_URL
-from tests.admin_fixtures import app, users, viewer  # noqa: F401  (fixtures)
 from tests.helpers import Recorder
 
 

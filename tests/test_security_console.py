@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from admin import cli, create_app
 from admin.security import LoginThrottle, body_limit
 from admin.users import UserStore
 from backend.app import Backend
 from backend.settings import Settings
-from tests.admin_fixtures import PASSWORD, Blocked, app, blocked, csrf_token_from, make_app, users  # noqa: F401
+from tests.helpers import PASSWORD, Blocked, csrf_token_from, make_app
 
 WRONG = "not the password"
 
@@ -143,8 +142,7 @@ def test_security_no_secret_in_any_log_line(settings: Settings, caplog: pytest.L
     try:
         app = create_app(be, config={"ADMIN_ENV": "production", "ADMIN_SECRET_KEY": secret_key,
                                      "SESSION_COOKIE_SECURE": False})
-        cli.bootstrap_admin(app.extensions["fifoq_users"], {"ADMIN_BOOTSTRAP_USER": "root",
-                                                             "ADMIN_BOOTSTRAP_PASSWORD": admin_password})
+        cli.bootstrap_admin(app.extensions["fifoq_users"], "root", admin_password)
         client = app.test_client()
         token = csrf_token_from(client.get("/login").get_data(as_text=True))
         for _ in range(6):

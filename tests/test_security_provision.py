@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 import requests
@@ -107,9 +107,8 @@ def test_security_provision_rotates_one_password(provisioned: Provisioned) -> No
     result = provision(admin_api(), provisioned.settings, [ActorPlan("payment", 1, QueueType.QUORUM)],
                        vhost=provisioned.vhost, env={}, rotate=[user])
     assert set(result.passwords) == {user}
-    with pytest.raises(Exception):
-        with ActorConsumerOpen(provisioned.connector_settings("payment"), "payment"):
-            pass  # the old password is refused
+    with pytest.raises(BrokerUnavailable), ActorConsumerOpen(provisioned.connector_settings("payment"), "payment"):
+        pass  # the old password is refused
     fresh = provisioned.settings.with_(
         amqp_urls=(amqp_url_for(provisioned.settings, user, result.passwords[user], provisioned.vhost),), declare=False)
     with ActorConsumerOpen(fresh, "payment"):
@@ -134,12 +133,10 @@ def test_security_connector_cannot_consume_another_actors_queue(provisioned: Pro
     payment = provisioned.connector_settings("payment")
     with ActorConsumerOpen(payment, "payment") as own:
         assert own.is_open
-    with pytest.raises(BrokerRefused, match="403"):
-        with ActorConsumerOpen(payment, "shipping"):
-            pass
-    with pytest.raises(BrokerRefused, match="403"):
-        with ActorConsumerOpen(payment, "shipping", lane=1):
-            pass
+    with pytest.raises(BrokerRefused, match="403"), ActorConsumerOpen(payment, "shipping"):
+        pass
+    with pytest.raises(BrokerRefused, match="403"), ActorConsumerOpen(payment, "shipping", lane=1):
+        pass
     # Its own lanes are its own: shipping's connector may read shipping.lane1.
     with ActorConsumerOpen(provisioned.connector_settings("shipping"), "shipping", lane=1) as lane:
         assert lane.is_open
@@ -148,9 +145,8 @@ def test_security_connector_cannot_consume_another_actors_queue(provisioned: Pro
 def test_security_backend_cannot_consume_or_declare(provisioned: Provisioned) -> None:
     backend = provisioned.backend_settings()
     for actor in ("payment", "shipping"):
-        with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"):
-            with ActorConsumerOpen(backend, actor):
-                pass
+        with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"), ActorConsumerOpen(backend, actor):
+            pass
     # Declaring (not just checking) queues is refused too: the topology is provisioned.
     pub = Publisher(backend.with_(declare=True))
     try:
@@ -237,9 +233,8 @@ def test_security_console_user_publishes_ordering_key_instructions_and_consumes_
         assert pub.publish([env], {"shipping": console.queue_type}) == {env.id}
     finally:
         pub.close()
-    with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"):
-        with ActorConsumerOpen(console, "shipping", lane=1):
-            pass
+    with pytest.raises(BrokerRefused, match="403 ACCESS_REFUSED"), ActorConsumerOpen(console, "shipping", lane=1):
+        pass
 
 
 @pytest.fixture
@@ -275,7 +270,7 @@ def test_security_guest_restrict_leaves_guest_able_to_do_nothing(settings: Setti
     assert requests.get(f"{API_URL}/api/overview", auth=(fake_guest, password), timeout=10).status_code == 401
     for vh in ("/", vhost):
         as_guest = settings.with_(amqp_urls=(amqp_url_for(settings, fake_guest, password, vh),), declare=False)
-        with pytest.raises(BrokerUnavailable, match="access to vhost .* refused"):
+        with pytest.raises(BrokerUnavailable, match=r"access to vhost .* refused"):
             connect(as_guest, "fake-guest").close()
     # Idempotent: a second run finds nothing left to take away.
     provision(api, settings, [ActorPlan("payment", 1, settings.queue_type)], vhost=vhost, env=PASSWORDS,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests

@@ -1,0 +1,1 @@
+"""The `fifoq` command: every command line of the project under one name (see fifoq.cli)."""

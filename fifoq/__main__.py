@@ -1,0 +1,5 @@
+import sys
+
+from fifoq.cli import main
+
+sys.exit(main())
