@@ -88,7 +88,7 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     from admin import metrics  # /metrics, /api/alerts, /api/charts
 
     metrics.init_app(app, env)
-    from admin import releases, repair_api, repair_views, trace  # noqa: E402  (failures board, releases, trace)
+    from admin import releases, repair_api, repair_views, trace
 
     releases.init_app(app, env, app.extensions["fifoq_users"].store)
     app.register_blueprint(repair_views.bp)

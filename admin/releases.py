@@ -93,16 +93,17 @@ class ReleasePlans:
         if canary_id is None:
             canary = members[0]
         else:
-            canary = next((m for m in members if m["id"] == canary_id), None)
-            if canary is None:
+            found: dict[str, Any] | None = next((m for m in members if m["id"] == canary_id), None)
+            if found is None:
                 raise ValidationError(f"the canary must be a failed message of the group; {canary_id!r} is not")
+            canary = found
         with self.store.op() as db:
             running = db[COLLECTION].find_one({"fingerprint": group.fingerprint, "state": {"$in": list(ACTIVE)}})
         if running is not None:
             raise Conflict(f"release {running['_id']} of this group is still running: wait for it or abort it")
         doc = self.backend.ledger.message(canary["id"])
         now = utcnow()
-        plan = {
+        plan: dict[str, Any] = {
             "_id": "rel-" + uuid.uuid4().hex[:12],
             "fingerprint": group.fingerprint,
             "error": f"{group.type}: {group.message}",

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, overload
 
 from backend import transitions as tr
 from backend.errors import Conflict, DuplicateKey, OutcomeUnknown, UnknownActor, UnknownMessage
@@ -51,6 +52,14 @@ def utcnow() -> datetime:
     # Millisecond precision: what BSON keeps, so values read back compare equal.
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@overload
+def as_aware(value: datetime) -> datetime: ...
+
+
+@overload
+def as_aware(value: None) -> None: ...
 
 
 def as_aware(value: datetime | None) -> datetime | None:
@@ -333,14 +342,16 @@ class Ledger(LedgerViews):
             return docs[skip:skip + limit], len(docs)
         lanes = self.lanes.of_actor(str(actor))
         walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None)
-        predicate = (lambda d: _matches(d, status, event, since, until, text, correlation_id))
+        def predicate(d: dict[str, Any]) -> bool:
+            return _matches(d, status, event, since, until, text, correlation_id)
+
         rows, complete = walk.take(predicate, max(0, skip) + max(1, limit))
         page = rows[max(0, skip):max(0, skip) + max(1, limit)]
         unfiltered = not any((status, event, since, until, text, correlation_id))
         if not count:
             return page, None
         if unfiltered:
-            return page, sum(max(0, int(l["next"]) - int(l.get("floor", 1))) for l in lanes)
+            return page, sum(max(0, int(lane_["next"]) - int(lane_.get("floor", 1))) for lane_ in lanes)
         if complete:
             return page, len(rows)
         return page, None
@@ -590,16 +601,16 @@ WALK_CAP = 20_000  # messages a walk reads at most for one page (a rare filter s
 class LaneWalk:
     """Reads an actor's lanes newest (or oldest) first, by id, and merges them by creation time."""
 
-    def __init__(self, ledger: "Ledger", lanes: list[dict[str, Any]], newest: bool,
+    def __init__(self, ledger: Ledger, lanes: list[dict[str, Any]], newest: bool,
                  stop_before: datetime | None, stop_after: datetime | None) -> None:
         self.ledger = ledger
         self.newest = newest
         self.stop_before = stop_before  # walking newest first: nothing older matters
         self.stop_after = stop_after  # walking oldest first: nothing newer matters
-        self.cursor = {l["_id"]: (int(l["next"]) - 1 if newest else int(l.get("floor", 1))) for l in lanes}
-        self.bounds = {l["_id"]: (int(l.get("floor", 1)), int(l["next"]) - 1) for l in lanes}
-        self.lanes = {l["_id"]: l for l in lanes}
-        self.buffers: dict[str, list[dict[str, Any]]] = {l["_id"]: [] for l in lanes}
+        self.cursor = {lane_["_id"]: (int(lane_["next"]) - 1 if newest else int(lane_.get("floor", 1))) for lane_ in lanes}
+        self.bounds = {lane_["_id"]: (int(lane_.get("floor", 1)), int(lane_["next"]) - 1) for lane_ in lanes}
+        self.lanes = {lane_["_id"]: lane_ for lane_ in lanes}
+        self.buffers: dict[str, list[dict[str, Any]]] = {lane_["_id"]: [] for lane_ in lanes}
         self.read = 0
 
     def _exhausted(self, lid: str) -> bool:
@@ -651,13 +662,16 @@ class LaneWalk:
             heads = [(buf[0], lid) for lid, buf in self.buffers.items() if buf]
             if not heads:
                 return out, True
-            key = (lambda h: (h[0]["created_at"], h[0]["seq"]))
-            doc, lid = (max if self.newest else min)(heads, key=key)
+            doc, lid = (max if self.newest else min)(heads, key=_walk_order)
             self.buffers[lid].pop(0)
             if predicate(doc):
                 out.append(doc)
         done = all(not buf and self._exhausted(lid) for lid, buf in self.buffers.items())
         return out, done
+
+
+def _walk_order(head: tuple[dict[str, Any], str]) -> tuple[Any, int]:
+    return head[0]["created_at"], head[0]["seq"]
 
 
 def _matches(doc: dict[str, Any], status: str | None, event: str | None, since: datetime | None,
@@ -755,5 +769,15 @@ def _flatten(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["Ledger", "lane_id", "message_id", "scope_key", "utcnow", "as_aware", "run_state", "GAP_EVENT",
-           "error_fingerprint", "search_text"]
+__all__ = [
+    "GAP_EVENT",
+    "Ledger",
+    "as_aware",
+    "error_fingerprint",
+    "lane_id",
+    "message_id",
+    "run_state",
+    "scope_key",
+    "search_text",
+    "utcnow",
+]

@@ -29,9 +29,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import mongomock
 import pymongo
@@ -106,7 +107,7 @@ def _duplicate_positions(details: dict[str, Any]) -> list[int] | None:
 def translate(exc: BaseException, *, write: bool) -> StoreError:
     """Map one driver error to the project's error tree (see the module docstring)."""
     if isinstance(exc, mongo_errors.BulkWriteError):
-        details = exc.details or {}
+        details: dict[str, Any] = dict(exc.details or {})
         if details.get("writeConcernErrors"):
             return OutcomeUnknown(f"ledger write concern not satisfied: {details['writeConcernErrors'][0].get('errmsg')}")
         positions = _duplicate_positions(details)
@@ -174,7 +175,7 @@ class FaultPlan:
 
 
 # -- the embedded store's O(1) lookups --------------------------------------------------------------
-class _FastCollection(mongomock_collection.Collection):  # type: ignore[misc]
+class _FastCollection(mongomock_collection.Collection):
     """mongomock, with the two lookups the ledger's hot path needs made O(1).
 
     mongomock scans (and copies) every document of a collection for every query, including a
@@ -185,7 +186,7 @@ class _FastCollection(mongomock_collection.Collection):  # type: ignore[misc]
     tests/test_store_contract.py fails if the installed version moves.
     """
 
-    def _iter_documents(self, filter: Any) -> Iterator[Any]:  # noqa: A002 - mongomock's name
+    def _iter_documents(self, filter: Any) -> Iterator[Any]:
         ident = filter.get("_id") if isinstance(filter, dict) else None
         ids: list[Any] | None = None
         if isinstance(ident, str):
@@ -193,7 +194,7 @@ class _FastCollection(mongomock_collection.Collection):  # type: ignore[misc]
         elif isinstance(ident, dict) and list(ident) == ["$in"] and all(isinstance(i, str) for i in ident["$in"]):
             ids = list(dict.fromkeys(ident["$in"]))
         if ids is None:
-            return super()._iter_documents(filter)  # type: ignore[no-any-return]
+            return super()._iter_documents(filter)
         store = self._store
         docs = [store[i] for i in ids if i in store]
         rest = {k: v for k, v in filter.items() if k != "_id"}
@@ -230,22 +231,22 @@ def _dotted(doc: Any, path: str) -> Any:
 class Cursor:
     """The result of `find`: chain sort/skip/limit, then iterate; the query runs once, in one call."""
 
-    def __init__(self, col: "Collection", filter: dict[str, Any], projection: Any) -> None:  # noqa: A002
+    def __init__(self, col: Collection, filter: dict[str, Any], projection: Any) -> None:
         self._col, self._filter, self._projection = col, filter, projection
         self._sort: list[tuple[str, int]] | None = None
         self._skip = 0
         self._limit = 0
         self._rows: list[dict[str, Any]] | None = None
 
-    def sort(self, key: str | list[tuple[str, int]], direction: int | None = None) -> "Cursor":
+    def sort(self, key: str | list[tuple[str, int]], direction: int | None = None) -> Cursor:
         self._sort = [(key, direction or ASCENDING)] if isinstance(key, str) else list(key)
         return self
 
-    def skip(self, n: int) -> "Cursor":
+    def skip(self, n: int) -> Cursor:
         self._skip = max(0, int(n))
         return self
 
-    def limit(self, n: int) -> "Cursor":
+    def limit(self, n: int) -> Cursor:
         self._limit = max(0, int(n))
         return self
 
@@ -295,20 +296,20 @@ class Collection:
         return result
 
     # -- reads
-    def find_one(self, filter: dict[str, Any] | None = None, projection: Any = None, **kw: Any) -> dict[str, Any] | None:  # noqa: A002
-        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, projection, **kw))  # type: ignore[no-any-return]
+    def find_one(self, filter: dict[str, Any] | None = None, projection: Any = None, **kw: Any) -> dict[str, Any] | None:
+        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, projection, **kw))
 
-    def find(self, filter: dict[str, Any] | None = None, projection: Any = None) -> Cursor:  # noqa: A002
+    def find(self, filter: dict[str, Any] | None = None, projection: Any = None) -> Cursor:
         return Cursor(self, filter or {}, projection)
 
-    def count_documents(self, filter: dict[str, Any], **kw: Any) -> int:  # noqa: A002
+    def count_documents(self, filter: dict[str, Any], **kw: Any) -> int:
         return int(self._call("count_documents", False, lambda raw: raw.count_documents(filter, **kw)))
 
     def aggregate(self, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._call("aggregate", False, lambda raw: list(raw.aggregate(pipeline)))  # type: ignore[no-any-return]
+        return self._call("aggregate", False, lambda raw: list(raw.aggregate(pipeline)))
 
     def index_information(self) -> dict[str, Any]:
-        return self._call("index_information", False, lambda raw: raw.index_information())  # type: ignore[no-any-return]
+        return self._call("index_information", False, lambda raw: raw.index_information())
 
     # -- writes
     def insert_one(self, doc: dict[str, Any]) -> Any:
@@ -317,22 +318,22 @@ class Collection:
     def insert_many(self, docs: Sequence[dict[str, Any]], ordered: bool = True) -> Any:
         return self._call("insert_many", True, lambda raw: raw.insert_many(list(docs), ordered=ordered))
 
-    def update_one(self, filter: dict[str, Any], update: dict[str, Any], upsert: bool = False) -> Any:  # noqa: A002
+    def update_one(self, filter: dict[str, Any], update: dict[str, Any], upsert: bool = False) -> Any:
         return self._call("update_one", True, lambda raw: raw.update_one(filter, update, upsert=upsert))
 
-    def replace_one(self, filter: dict[str, Any], doc: dict[str, Any], upsert: bool = False) -> Any:  # noqa: A002
+    def replace_one(self, filter: dict[str, Any], doc: dict[str, Any], upsert: bool = False) -> Any:
         return self._call("replace_one", True, lambda raw: raw.replace_one(filter, doc, upsert=upsert))
 
-    def update_many(self, filter: dict[str, Any], update: dict[str, Any]) -> Any:  # noqa: A002
+    def update_many(self, filter: dict[str, Any], update: dict[str, Any]) -> Any:
         return self._call("update_many", True, lambda raw: raw.update_many(filter, update))
 
-    def find_one_and_update(self, filter: dict[str, Any], update: dict[str, Any], **kw: Any) -> dict[str, Any] | None:  # noqa: A002
-        return self._call("find_one_and_update", True, lambda raw: raw.find_one_and_update(filter, update, **kw))  # type: ignore[no-any-return]
+    def find_one_and_update(self, filter: dict[str, Any], update: dict[str, Any], **kw: Any) -> dict[str, Any] | None:
+        return self._call("find_one_and_update", True, lambda raw: raw.find_one_and_update(filter, update, **kw))
 
-    def delete_one(self, filter: dict[str, Any]) -> Any:  # noqa: A002
+    def delete_one(self, filter: dict[str, Any]) -> Any:
         return self._call("delete_one", True, lambda raw: raw.delete_one(filter))
 
-    def delete_many(self, filter: dict[str, Any]) -> Any:  # noqa: A002
+    def delete_many(self, filter: dict[str, Any]) -> Any:
         return self._call("delete_many", True, lambda raw: raw.delete_many(filter))
 
     def bulk_update(self, updates: Sequence[Update]) -> int:
@@ -353,7 +354,7 @@ class Collection:
         return int(self._call("bulk_update", True, run))
 
     def create_index(self, keys: list[tuple[str, int]], **kw: Any) -> str:
-        return self._call("create_index", False, lambda raw: raw.create_index(keys, **kw))  # type: ignore[no-any-return]
+        return self._call("create_index", False, lambda raw: raw.create_index(keys, **kw))
 
     def drop_index(self, name: str) -> None:
         self._call("drop_index", False, lambda raw: raw.drop_index(name))
@@ -362,7 +363,7 @@ class Collection:
 class _Database:
     """`db.<name>` and `db[name]` give the Store's collections."""
 
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self.name = store.name
         self.client = store.client
@@ -409,7 +410,7 @@ class Store:
         self.db = _Database(self)
 
     @classmethod
-    def open(cls, settings: Settings, faults: FaultPlan | None = None) -> "Store":
+    def open(cls, settings: Settings, faults: FaultPlan | None = None) -> Store:
         """Connect to MONGODB_URL, or to the embedded store when it is empty or mongomock://."""
         url = settings.mongodb_url
         if url.startswith(MONGODB_PATH_SCHEME):
@@ -425,13 +426,13 @@ class Store:
         return cls(client, settings.mongodb_db, embedded=False, lock=None, faults=faults)
 
     @classmethod
-    def mongomock_as_mongodb(cls, key: str, name: str, faults: FaultPlan | None = None) -> "Store":
+    def mongomock_as_mongodb(cls, key: str, name: str, faults: FaultPlan | None = None) -> Store:
         """Plain mongomock behind the MongoDB code path (tests): mongomock's own unique indexes and
         pymongo's error classes, and a lock per call only (a server's single-operation atomicity)."""
         shared = _embedded(f"mongodb-as:{key}")
         return cls(shared.client, name, embedded=False, lock=shared.lock, shared=shared, fast=False, faults=faults)
 
-    def with_faults(self, faults: FaultPlan | None) -> "Store":
+    def with_faults(self, faults: FaultPlan | None) -> Store:
         """The same database seen by another process (its own fault plan)."""
         return Store(self.client, self.name, embedded=self.embedded, lock=self._lock, shared=self._shared,
                      fast=self._fast, faults=faults)

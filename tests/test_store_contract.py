@@ -131,7 +131,8 @@ def test_store_contract_bulk_update_counts_what_it_modified(store: Store) -> Non
     [
         (mongo_errors.DuplicateKeyError("E11000", 11000), True, DuplicateKey),
         (mongo_errors.BulkWriteError({"writeErrors": [{"index": 2, "code": 11000, "errmsg": "dup"}], "nInserted": 2}), True, DuplicateKey),
-        (mongo_errors.BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]}), True, OutcomeUnknown),
+        (mongo_errors.BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "replication timed out"}]}),
+         True, OutcomeUnknown),
         (mongo_errors.BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "validation"}]}), True, StoreError),
         (mongo_errors.AutoReconnect("connection closed"), True, OutcomeUnknown),
         (mongo_errors.NotPrimaryError("not primary"), True, OutcomeUnknown),
