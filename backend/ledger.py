@@ -35,7 +35,6 @@ ATTEMPT_LOG_SIZE = 50
 # The console's payload search looks at this much of each walked message's flattened payload and
 # correlation id.
 SEARCH_TEXT_CHARS = 4096
-HIDDEN_FIELDS = {"search": False}  # the first format's stored search text: not part of a message as read
 GAP_EVENT = "(sequence gap)"
 SORTS = {
     "newest": [("created_at", DESCENDING), ("seq", DESCENDING)],
@@ -292,7 +291,7 @@ class Ledger(LedgerViews):
     def message(self, message_id: str) -> dict[str, Any]:
         if not isinstance(message_id, str):
             raise UnknownMessage("message id must be a string")
-        doc = self.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
+        doc = self.messages.find_one({"_id": message_id})
         if doc is None:
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
@@ -300,7 +299,7 @@ class Ledger(LedgerViews):
     def by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         if not ids:
             return []
-        return list(self.messages.find({"_id": {"$in": list(ids)}}, HIDDEN_FIELDS))
+        return list(self.messages.find({"_id": {"$in": list(ids)}}))
 
     def by_seqs(self, actor: str, lane: int, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
         """{seq: message} for the stored ones among `seqs` of one lane (one read, by id)."""
@@ -365,7 +364,7 @@ class Ledger(LedgerViews):
 
     def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """Every message of one business event (one correlation id) across actors, oldest first."""
-        cur = self.messages.find({"correlation_id": str(correlation_id)}, HIDDEN_FIELDS)
+        cur = self.messages.find({"correlation_id": str(correlation_id)})
         return list(cur.sort([("correlation_id", ASCENDING), ("created_at", ASCENDING)]).limit(max(1, limit)))
 
     # -- processing transitions (the connector runtime) -------------------------------------
@@ -384,7 +383,7 @@ class Ledger(LedgerViews):
             if res.modified_count != 1:
                 return None
         except OutcomeUnknown:
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             return after if tr.holds_attempt(after, owner, attempt) else None
         return dict(doc, attempts=attempt, **fields)
 
@@ -425,7 +424,7 @@ class Ledger(LedgerViews):
                     return True
             except OutcomeUnknown as exc:
                 log.warning("actor=%s message=%s settle outcome unknown (%s): reading it back", doc["actor"], doc["_id"], exc)
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             if tr.settled_by(after, owner, attempt, status.value):
                 return True
             if not tr.holds_attempt(after, owner, attempt):
@@ -489,7 +488,7 @@ class Ledger(LedgerViews):
                                            {"$inc": {"attempts": 1}, "$set": {"started_at": now, "updated_at": now}})
             ok = res.modified_count == 1
         except OutcomeUnknown:
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             ok = tr.holds_attempt(after, owner, attempt + 1)
         return dict(doc, attempts=attempt + 1, started_at=now) if ok else None
 
@@ -531,7 +530,7 @@ class Ledger(LedgerViews):
         flt = {"_id": doc["_id"], "version": version, **tr.status_filter("edit")}
         update = {"$set": {"payload": payload, "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
         try:
-            after = self.messages.find_one_and_update(flt, update, projection=HIDDEN_FIELDS, return_document=RETURN_AFTER)
+            after = self.messages.find_one_and_update(flt, update, return_document=RETURN_AFTER)
         except OutcomeUnknown:
             after = self.message(doc["_id"])
             if not (after["version"] == version + 1 and after["history"] and after["history"][-1]["at"] == now):
@@ -547,7 +546,7 @@ class Ledger(LedgerViews):
         return self.messages.find_one_and_update(
             {"_id": message_id, **tr.status_filter("request_replay"), "replay_requested": None},
             {"$set": {"replay_requested": {"by": by, "at": now}, "updated_at": now}},
-            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+            return_document=RETURN_AFTER,
         )
 
     def cancel(self, message_id: str, by: str, reason: str) -> dict[str, Any] | None:
@@ -557,7 +556,7 @@ class Ledger(LedgerViews):
             {"_id": message_id, **tr.status_filter("cancel")},
             {"$set": {"status": Status.CANCELLED.value, "cancelled": {"by": by, "reason": reason, "at": now},
                       "replay_requested": None, "updated_at": now, "finished_at": now, "settled_at": now}},
-            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+            return_document=RETURN_AFTER,
         )
 
     # -- retention -------------------------------------------------------------------------

@@ -274,9 +274,7 @@ class LaneWorker:
                 break
         if self.cursor.ensure() > env.seq:
             consumer.ack(delivery.tag)
-            self._current = None
-            if not consumer.buffered():
-                self.cursor.fold()
+            self._current = None  # the watermark follows every FOLD_EVERY messages, and when idle
             return
         if step is Step.WAIT:
             # Keep the deliveries and look again after a pause, on the open connection: the
