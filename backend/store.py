@@ -354,7 +354,7 @@ def _max(parent: dict[str, Any], key: str, current: Any, value: Any) -> bool:
 def _push(parent: dict[str, Any], key: str, current: Any, value: Any) -> bool:
     if current is not _MISSING and not isinstance(current, list):
         raise mongo_errors.WriteError(f"The field '{key}' must be an array", 2)
-    items: list[Any] = parent.setdefault(key, []) if current is _MISSING else current
+    items: list[Any] = parent.setdefault(key, []) if current is _MISSING else list_of(current)
     if isinstance(value, dict) and "$each" in value:
         items.extend(value["$each"])
         if "$slice" in value:
@@ -376,6 +376,11 @@ def _pull(parent: dict[str, Any], key: str, current: Any, value: Any) -> bool:
         return False
     current[:] = kept
     return True
+
+
+def list_of(value: Any) -> list[Any]:
+    assert isinstance(value, list)
+    return value
 
 
 _OPERATORS: dict[str, Callable[[dict[str, Any], str, Any, Any], bool]] = {
