@@ -10,7 +10,7 @@ from backend.emit import Emitter, Event
 from backend.ledger import Ledger
 from backend.operations import Operations
 from backend.relay import Relay
-from backend.retention import Retention
+from backend.retention import Retention, retention_interval
 from backend.settings import Settings
 from backend.store import Store
 from backend.subscriptions import Subscriptions
@@ -76,7 +76,8 @@ class Backend:
             self._relay = Relay(self.settings, self.ledger)
             self._relay.start(self._relay_stop, interval)
             if self.store is not None:
-                Retention(self.settings, self.ledger, self.store.col("audit")).start(self._relay_stop)
+                Retention(self.settings, self.ledger, self.store.col("audit")).start(
+                    self._relay_stop, retention_interval(self.settings.retention))
         return self._relay
 
     def close(self) -> None:

@@ -213,10 +213,17 @@ def relay(session: _Session, once: bool, interval: float) -> None:
             click.echo(f"published {relay.run_once()}")
             return
         stop = _stop_on_signals()
-        _retention(session).start(stop)  # FIFOQ_RETENTION, every minute, beside the relay
+        # FIFOQ_RETENTION, beside the relay, every minute (or a fifth of a shorter retention)
+        _retention(session).start(stop, retention_interval(session.settings.retention))
         relay.run_forever(stop, interval)
     finally:
         relay.close()
+
+
+def retention_interval(retention: float) -> float:
+    from backend.retention import retention_interval as interval
+
+    return interval(retention)
 
 
 def _retention(session: _Session) -> Any:

@@ -71,6 +71,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def retention_interval(retention: float) -> float:
+    """How often to sweep: every minute, or a fifth of a shorter retention (at least 5 s)."""
+    return max(5.0, min(SWEEP_INTERVAL_SECONDS, retention / 5)) if retention > 0 else SWEEP_INTERVAL_SECONDS
+
+
 class Retention:
     def __init__(self, settings: Settings, ledger: Ledger, audit_col: Any | None = None) -> None:
         self.settings = settings

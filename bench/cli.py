@@ -17,7 +17,7 @@ import click
 from backend import logs
 from backend.commandline import CONTEXT, Seconds, run
 from backend.values import QueueType
-from bench import connector, console, emit, latency, queues
+from bench import connector, console, emit, growth, latency, ledger_cost, queues, soak
 from bench.common import Options, Table, api, base_settings
 
 BENCHMARKS: dict[str, Callable[[Options], Table]] = {
@@ -26,6 +26,9 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "latency": latency.run,
     "queues": queues.run,
     "console": console.run,
+    "growth": growth.run,
+    "ledger": ledger_cost.run,
+    "soak": soak.run,
 }
 
 
@@ -48,10 +51,20 @@ def machine(opts: Options) -> str:
 @click.option("--requests", type=click.IntRange(1, 10**7), help="requests per console endpoint (default 20)")
 @click.option("--queue-type", type=click.Choice([q.value for q in QueueType]), default=QueueType.QUORUM.value,
               show_default=True)
+@click.option("--ledger-latency", type=Seconds(min=0, max=1000), default=2.0, show_default=True, metavar="MS",
+              help="milliseconds added to every ledger operation by the ledger benchmark")
+@click.option("--minutes", type=Seconds(min=0.5, max=24 * 60), default=30.0, show_default=True,
+              help="length of the soak benchmark")
+@click.option("--soak-rate", type=Seconds(min=0, max=10_000, min_open=True), default=50.0, show_default=True,
+              help="events/s of the soak benchmark")
+@click.option("--retention", type=Seconds(min=60, max=86_400), default=300.0, show_default=True,
+              help="FIFOQ_RETENTION (seconds) of the soak benchmark")
 @click.option("--profile", metavar="FILE", help="write a cProfile of the run (open with pstats or snakeviz)")
 def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int | None, rate: float | None,
-        latency_messages: int | None, requests: int | None, queue_type: str, profile: str | None) -> int:
-    """Run the benchmarks (default: all of them): emit, connector, latency, queues, console."""
+        latency_messages: int | None, requests: int | None, queue_type: str, ledger_latency: float,
+        minutes: float, soak_rate: float, retention: float, profile: str | None) -> int:
+    """Run the benchmarks (default: all but soak): emit, connector, latency, queues, console, growth, ledger;
+    and soak (long: run it by name)."""
     unknown = [w for w in which if w not in BENCHMARKS]
     if unknown:
         raise click.UsageError(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
@@ -64,8 +77,9 @@ def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int |
                                   ("latency_messages", latency_messages), ("requests", requests)) if v}
     if quick and messages and not latency_messages:
         changes["latency_messages"] = min(messages, 200)
-    opts = replace(opts, **changes)
-    return run_benchmarks(opts, list(which) or list(BENCHMARKS), profile)
+    opts = replace(opts, ledger_latency_ms=ledger_latency, soak_minutes=minutes, soak_rate=soak_rate,
+                   soak_retention=retention, **changes)
+    return run_benchmarks(opts, list(which) or [b for b in BENCHMARKS if b != "soak"], profile)
 
 
 def run_benchmarks(opts: Options, names: list[str], profile: str | None) -> int:

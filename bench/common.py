@@ -34,6 +34,10 @@ class Options:
     batch: int = 100  # events per emit_many call
     queue_type: QueueType = QueueType.QUORUM
     quick: bool = False
+    ledger_latency_ms: float = 2.0  # added to every ledger operation by the ledger benchmark
+    soak_minutes: float = 30.0
+    soak_rate: float = 50.0  # events/s
+    soak_retention: float = 300.0  # seconds
 
     @classmethod
     def quick_mode(cls, messages: int = 200, **kw: Any) -> Options:

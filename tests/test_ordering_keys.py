@@ -12,7 +12,10 @@ from backend.subscriptions import lane_of
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.conftest import API_AUTH, API_URL
+from tests.conftest import ALL_FLAVORS
 from tests.helpers import Recorder
+
+LEDGER_FLAVORS = ALL_FLAVORS
 
 
 def _run(backend: Backend, actor: str, handler) -> dict:
@@ -89,6 +92,7 @@ def test_ordering_keys_failed_replay_keeps_the_key_blocked(backend: Backend) -> 
     assert len(backend.ledger.held("dossiers", "X")) == 2
 
 
+@pytest.mark.embedded_only
 def test_ordering_keys_10000_keys_keep_per_key_order_with_bounded_queues(backend: Backend) -> None:
     lanes = 4
     _declare(backend, lanes=lanes)

@@ -10,7 +10,10 @@ from backend.errors import Conflict, SchemaViolation
 from backend.values import Status
 from connectors.registry import Registry
 from connectors.runtime import Runtime
+from tests.conftest import ALL_FLAVORS
 from tests.helpers import Recorder, emit_around_a_gap, wait_for
+
+LEDGER_FLAVORS = ALL_FLAVORS
 
 
 def _runtime(backend: Backend, handlers: dict) -> Runtime:
@@ -20,6 +23,7 @@ def _runtime(backend: Backend, handlers: dict) -> Runtime:
     return Runtime(backend.settings, backend.ledger, reg)
 
 
+@pytest.mark.embedded_only
 def test_pipeline_three_actors_2000_messages_each_in_exact_order_exactly_once(backend: Backend) -> None:
     # Given three actors, two of them subscribed with topic patterns
     subs = backend.subscriptions
@@ -355,3 +359,29 @@ def test_pipeline_edit_refused_by_schema_leaves_the_ledger_unchanged(backend: Ba
     assert err.value.details[0]["path"] == "$.amount"
     assert backend.ledger.message(mid) == before
     assert backend.ledger.message(mid)["status"] == Status.QUEUED.value
+
+
+def test_pipeline_publish_mark_is_recorded_on_a_message_a_fast_consumer_already_ran(backend: Backend) -> None:
+    """The console showed "Published: -" on messages whose connector had run them before the
+    emitter recorded the broker's confirm: the mark must land whatever the status has become."""
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    ledger = backend.ledger
+    seq = ledger.allocate("payment")
+    ledger.insert([ledger.new_message("payment", seq, "x", {"i": 0}, None)])
+    doc = ledger.message(f"payment.0.{seq}")
+    held = ledger.claim(doc, "fast-consumer", 30)
+    assert held is not None and ledger.settle(held, "fast-consumer")
+    ledger.mark_published([doc["_id"]])  # the confirm is recorded after the message was done
+    after = ledger.message(doc["_id"])
+    assert after["status"] == Status.DONE.value and after["published_at"] is not None
+    # And end to end: a live connector and a burst of events, every message shows its publish.
+    rt = _runtime(backend, {"payment": Recorder()})
+    rt.start()
+    try:
+        ids = [backend.emit_event("x", {"i": i})[0] for i in range(1, 31)]
+        wait_for(lambda: all(ledger.message(i)["status"] == Status.DONE.value for i in ids), what="the burst processed")
+        backend.emitter.flush()
+        assert all(ledger.message(i)["published_at"] is not None for i in ids)
+    finally:
+        rt.stop()

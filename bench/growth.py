@@ -1,0 +1,146 @@
+"""7. The console and a fresh connector as the ledger fills: the same requests at 3,000, 30,000 and
+300,000 settled messages over 100 actors, on the embedded store.
+
+The ledger is filled the way a long run leaves it: settled messages (done, with their attempt
+log) in every lane, the lanes' watermarks and counters moved over them; the measured actor holds a
+tenth of them (so that its tenth page exists at every size), the others share the rest. Then, at each size: the
+overview, an actor's page, the first and a deep page of its message list (newest first), a
+correlation-id trace and a payload search (Flask test client), and a connector started on a
+lane with 500 new messages. Each is reported at the largest size against its value at the
+smallest (target: within 1.5x).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from admin import create_app
+from admin.rabbitmq_api import RabbitAPI
+from admin.users import UserStore
+from backend.app import Backend
+from backend.lanes import Tally
+from backend.ledger import utcnow
+from bench.common import Options, Table, bench_settings, percentile
+from connectors.registry import Registry
+from connectors.runtime import Runtime
+
+ACTORS = 100
+SIZES = (3_000, 30_000, 300_000)
+QUICK_SIZES = (300, 3_000)
+FRESH = 500
+PASSWORD = "bench password 123"
+
+
+def _fill(backend: Backend, actors: list[str], upto: int, done_per_actor: dict[str, int]) -> None:
+    """Settled messages up to `upto` in all, spread over the actors, stored and folded."""
+    ledger = backend.ledger
+    hot = upto // 10  # the measured actor holds a tenth, so that its deep page exists at every size
+    per_actor = (upto - hot) // (len(actors) - 1)
+    for n, actor in enumerate(actors):
+        have = done_per_actor[actor]
+        want = hot if n == 0 else per_actor
+        if want <= have:
+            continue
+        first = ledger.allocate(actor, want - have)
+        now = utcnow()
+        docs = []
+        for seq in range(first, first + want - have):
+            doc = ledger.new_message(actor, seq, "bench.growth", {"booking": f"B-{n}-{seq}", "amount": seq % 997,
+                                                                  "customer": {"email": f"c{seq}@example.com"}},
+                                     f"order-{n}-{seq}")
+            doc.update(status="done", attempts=1, published_at=now, started_at=now, finished_at=now, settled_at=now,
+                       attempt_log=[{"attempt": 1, "owner": "bench", "started_at": now, "finished_at": now,
+                                     "outcome": "done", "error": None}])
+            docs.append(doc)
+        for i in range(0, len(docs), 2000):
+            ledger.insert(docs[i:i + 2000])
+        lane = ledger.lane(actor)
+        tally = Tally()
+        tally.add("done", len(docs))
+        ledger.lanes.advance(lane, first + len(docs) - 1, tally)
+        done_per_actor[actor] = want
+
+
+def _timed(client: Any, path: str, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        resp = client.get(path)
+        out.append(time.perf_counter() - started)
+        if resp.status_code != 200:
+            raise RuntimeError(f"GET {path}: HTTP {resp.status_code}")
+    return out
+
+
+def _fresh_connector_rate(backend: Backend, actor: str) -> float:
+    for i in range(0, FRESH, 100):
+        backend.emit_many([("bench.fresh", {"i": j}) for j in range(i, i + 100)])
+    backend.emitter.flush()
+    reg = Registry()
+    reg.register(actor, lambda _m: None)
+    started = time.perf_counter()
+    stats = Runtime(backend.settings, backend.ledger, reg, [actor]).run(drain=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    if stats[actor].processed != FRESH:
+        raise RuntimeError(f"the fresh connector processed {stats[actor].processed} of {FRESH}")
+    return FRESH / elapsed
+
+
+def run(opts: Options) -> Table:
+    sizes = QUICK_SIZES if opts.quick else SIZES
+    requests = max(3, opts.requests)
+    table = Table(f"7. Growth: the same requests at {', '.join(f'{s:,}' for s in sizes)} settled messages over "
+                  f"{ACTORS} actors (embedded ledger), {requests} requests each")
+    with bench_settings("growth", opts) as settings:
+        backend = Backend(settings)
+        try:
+            actors = [f"g{n:03d}" for n in range(ACTORS)]
+            for actor in actors:
+                backend.subscriptions.actor(actor)
+                backend.subscriptions.subscribe(actor, "bench.growth")
+            backend.subscriptions.actor("fresh")
+            backend.subscriptions.subscribe("fresh", "bench.fresh")
+            backend.declare()
+            app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
+                                              "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=RabbitAPI.from_settings(settings))
+            assert backend.store is not None
+            UserStore(backend.store).create("bench", PASSWORD, "viewer")
+            client = app.test_client()
+            client.post("/login", data={"username": "bench", "password": PASSWORD})
+            done = dict.fromkeys(actors, 0)
+            results: dict[int, dict[str, float]] = {}
+            for size in sizes:
+                _fill(backend, actors, size, done)
+                actor = actors[0]
+                top = done[actor]
+                paths = {
+                    "overview": "/api/overview",
+                    "actor page": f"/actors/{actor}",
+                    "message list, first page (20)": f"/api/actors/{actor}/messages?per_page=20",
+                    "message list, page 10 (20 per page)": f"/api/actors/{actor}/messages?page=10&per_page=20",
+                    "correlation-id trace": f"/api/trace/order-0-{max(1, top - 5)}",
+                    "payload search (a recent message)": f"/api/actors/{actor}/messages?q=c{max(1, top - 20)}%40example.com",
+                }
+                _timed(client, "/api/overview", 1)  # warm-up
+                row: dict[str, float] = {}
+                for label, path in paths.items():
+                    t = _timed(client, path, requests)
+                    row[f"{label} p50 (ms)"] = percentile(t, 50) * 1000
+                    row[f"{label} p95 (ms)"] = percentile(t, 95) * 1000
+                row["fresh connector (msg/s)"] = _fresh_connector_rate(backend, "fresh")
+                results[size] = row
+            small, large = sizes[0], sizes[-1]
+            for measure, value in results[large].items():
+                higher = measure.endswith("(msg/s)")
+                table.add(f"{measure} at {large:,}", value, results[small][measure], f"the same at {small:,}",
+                          "msg/s" if higher else "ms", higher_is_better=higher)
+            for size in sizes[1:-1]:
+                table.notes.append(f"at {size:,}: " + "; ".join(f"{m} {v:,.1f}" for m, v in results[size].items()))
+            table.notes.append("Target: each value at the largest size within 1.5x of the smallest. The overview, the "
+                               "actor page and a connector's start read lane documents and messages by id; a list "
+                               "walks the actor's lanes by id; a trace uses the correlation index on MongoDB and "
+                               "scans the retained messages on the embedded store, which has no indexes.")
+        finally:
+            backend.close()
+    return table
