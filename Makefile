@@ -17,7 +17,7 @@ help:
 	@echo "make tls-node-up   start a TLS-only RabbitMQ node (AMQPS 5691, HTTPS 15691) for the TLS tests"
 	@echo "make tls-node-down stop it and delete its state"
 	@echo "make bench         run the benchmarks (BENCH_ARGS=--quick for a smoke run; see docs/benchmarks.md)"
-	@echo "make clean         remove the venv, caches and cluster state"
+	@echo "make clean         remove the venv and caches; stop the local cluster and TLS node, delete their state"
 
 venv: $(VENV)/.stamp
 
@@ -71,5 +71,5 @@ bench: venv broker
 clean:
 	-@scripts/cluster.sh stop >/dev/null 2>&1
 	-@scripts/tls_node.sh stop >/dev/null 2>&1
-	rm -rf $(VENV) .pytest_cache .cluster build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
