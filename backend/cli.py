@@ -8,7 +8,7 @@
     python -m backend replay MESSAGE_ID
     python -m backend cancel MESSAGE_ID --reason "..."
     python -m backend relay [--once]                 # publish what the broker did not confirm
-    python -m backend ledger-server [--port N]       # share the embedded ledger with other processes
+    python -m backend ledger-server [--socket PATH | --port N]   # share the embedded ledger (this user only)
 
 Errors print one line on stderr and exit non-zero (2: bad input, 1: system unavailable).
 """
@@ -24,7 +24,7 @@ import threading
 from typing import Any, Sequence
 
 from backend.app import Backend
-from backend.errors import FifoqError, ValidationError
+from backend.errors import ConfigError, FifoqError, ValidationError
 from backend.ledger import run_state
 from backend.logs import configure
 from backend.settings import Settings
@@ -68,9 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     relay = sub.add_parser("relay", help="publish pending messages")
     relay.add_argument("--once", action="store_true")
     relay.add_argument("--interval", type=float, default=1.0)
-    srv = sub.add_parser("ledger-server", help="serve the embedded ledger to other processes")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=27500)
+    srv = sub.add_parser("ledger-server", help="serve the embedded ledger to this user's other processes (development)")
+    srv.add_argument("--socket", default=None, help="Unix socket (default: ledger.sock in $XDG_RUNTIME_DIR/fifoq "
+                                                    "or /tmp/fifoq-UID, a directory private to this user)")
+    srv.add_argument("--port", type=int, default=None, help="listen on TCP instead, with a key file written at each start")
+    srv.add_argument("--host", default="127.0.0.1", help="with --port: a loopback address unless --allow-remote")
+    srv.add_argument("--key-file", default=None, help="with --port: where to write the key (default: ledger-PORT.key "
+                                                      "beside the default socket)")
+    srv.add_argument("--allow-remote", action="store_true", help="with --port: accept a non-loopback --host")
     return p
 
 
@@ -90,7 +95,7 @@ def _read_payload(path: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.command == "ledger-server":
-        return _ledger_server(settings, args.host, args.port)
+        return _ledger_server(settings, args)
     be = Backend(settings)
     ops, ledger = be.operations, be.ledger
     try:
@@ -145,21 +150,28 @@ def _relay_once(be: Backend) -> int:
         relay.close()
 
 
-def _ledger_server(settings: Settings, host: str, port: int) -> int:
+def _ledger_server(settings: Settings, args: argparse.Namespace) -> int:
     from backend import ledger_server
 
     if settings.mongodb_url and not settings.mongodb_url.startswith("mongomock://"):
         raise ValidationError("ledger-server serves the embedded store: unset MONGODB_URL")
+    if args.port is None and (args.key_file or args.allow_remote):
+        raise ValidationError("--key-file and --allow-remote go with --port (a Unix socket needs no key)")
+    if args.port is not None and args.socket:
+        raise ValidationError("--socket and --port exclude each other")
+    socket_path = None if args.port is not None else (args.socket or ledger_server.default_socket())
     be = Backend(settings)
-    server, url = ledger_server.serve(be.ledger, host, port, be.audit)
-    print(f"embedded ledger at {url}: start other processes with MONGODB_URL={url}", flush=True)
+    server, url = ledger_server.serve(be.ledger, args.host, args.port, be.audit, socket_path=socket_path,
+                                      key_file=args.key_file, allow_remote=args.allow_remote)
+    key = f" and {ledger_server.KEY_FILE_ENV}={server.key_file}" if server.key is not None else ""
+    print(f"embedded ledger at {url}: start other processes of this user with MONGODB_URL={url}{key}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
-    server.stop_event.set()
+    server.stop()
     return 0
 
 
@@ -168,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(os.environ.get("LOG_LEVEL", "WARNING"))
     try:
         return run(args)
-    except ValidationError as exc:
+    except (ValidationError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FifoqError as exc:

@@ -302,7 +302,7 @@ def emit(args: argparse.Namespace) -> int:
     if not settings.mongodb_url.startswith(("mongodb://", "mongodb+srv://", "embedded://")):
         raise ConfigError(
             "`python -m demo emit` needs MONGODB_URL shared with the connectors and the console (mongodb://..., "
-            "or embedded://HOST:PORT from `python -m backend ledger-server`); "
+            "or embedded://... from `python -m backend ledger-server`); "
             "`python -m demo` runs everything in one process on the embedded ledger"
         )
     _describe(settings)

@@ -74,7 +74,7 @@ def test_config_docs_scanner_finds_the_known_readers() -> None:
     expected = {
         "AMQP_URL", "AMQP_CA_FILE", "AMQP_KEY_FILE", "FIFOQ_DECLARE", "FIFOQ_VHOST",  # env.get, a tuple of names
         "ADMIN_LOGIN_MAX_FAILURES", "ADMIN_PORT", "FIFOQ_GAP_GRACE",                  # helpers taking the name
-        "FIFOQ_LEDGER_AUTHKEY", "BENCH_TAG", "LOG_LEVEL",                             # constants, os.environ.get
+        "FIFOQ_LEDGER_KEY_FILE", "BENCH_TAG", "LOG_LEVEL",                            # constants, os.environ.get
         "PROVISION_CONNECTOR_<X>_PASSWORD",                                           # an f-string family
         "CLUSTER_BOOT_TIMEOUT", "CERT_DAYS", "CERT_EXTRA_SANS", "TLS_AMQPS_PORT",     # shell ${VAR:-default}
     }
