@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from admin.users import Role, User, UserStore
 from backend.audit import AuditEntry, AuditLog
-from backend.errors import NotFound, ValidationError
+from backend.errors import Conflict, NotFound, ValidationError
 
 log = logging.getLogger(__name__)
+
+
+def bootstrap_admin(users: UserStore, env: Mapping[str, str]) -> None:
+    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
+    the embedded store, whose data lives in the console's process). Every console worker runs
+    this at start: the one that loses the race finds the user there."""
+    name, password = env.get("ADMIN_BOOTSTRAP_USER", ""), env.get("ADMIN_BOOTSTRAP_PASSWORD", "")
+    if name and password and users.count() == 0:
+        try:
+            users.create(name, password, Role.ADMIN)
+        except Conflict:
+            return
+        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
 
 
 def create_user(users: UserStore, audit: AuditLog, by: str, name: Any, password: Any, role: Any) -> User:

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence, TextIO
 
-from admin.config import AdminConfig
+from admin.accounts import bootstrap_admin  # noqa: F401  (python -m admin's first admin, kept importable here)
 from admin.users import Role, UserStore
 from backend.errors import ConfigError, FifoqError
 from backend.settings import Settings
@@ -47,18 +47,9 @@ def create_user(args: argparse.Namespace, stdin: TextIO) -> int:
 
 
 def serve(args: argparse.Namespace, stdin: TextIO) -> int:
-    from admin import create_app
+    from admin import server
 
-    cfg = AdminConfig.from_env()
-    app = create_app()
-    bootstrap_admin(app.extensions["fifoq_users"], os.environ)
-    host = args.host or cfg.host
-    port = args.port or cfg.port
-    log.info("serving the admin console on http://%s:%d", host, port)
-    # Werkzeug's server is fine for a handful of operators; put a WSGI server (gunicorn) in
-    # front for anything more: `gunicorn 'admin:create_app()'`.
-    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
-    return 0
+    return server.run(host=args.host, port=args.port, dev=args.dev)
 
 
 def provision(args: argparse.Namespace, stdin: TextIO) -> int:
@@ -82,15 +73,6 @@ def provision(args: argparse.Namespace, stdin: TextIO) -> int:
     return 0
 
 
-def bootstrap_admin(users: UserStore, env: dict[str, str] | os._Environ) -> None:
-    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
-    the embedded store, whose data lives in the console's process)."""
-    name, password = env.get("ADMIN_BOOTSTRAP_USER", ""), env.get("ADMIN_BOOTSTRAP_PASSWORD", "")
-    if name and password and users.count() == 0:
-        users.create(name, password, Role.ADMIN)
-        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m admin", description="fifoq admin console")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,9 +82,11 @@ def parser() -> argparse.ArgumentParser:
     cu.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     cu.add_argument("--allow-embedded", action="store_true", help=argparse.SUPPRESS)
     cu.set_defaults(func=create_user)
-    sv = sub.add_parser("serve", help="run the console (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000)")
+    sv = sub.add_parser("serve", help="run the console under gunicorn (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000)")
     sv.add_argument("--host", default=None)
     sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--dev", action="store_true",
+                    help="Werkzeug's development server instead (one process; for development only)")
     sv.set_defaults(func=serve)
     pv = sub.add_parser(
         "provision",

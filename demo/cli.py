@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import sys
-import socket
 import threading
 import time
 from typing import Any, NoReturn, Sequence
@@ -140,16 +139,6 @@ def _check_broker(settings: Settings) -> None:
     conn.close()
 
 
-def _check_port(host: str, port: int) -> None:
-    """Fail with one line before starting anything when the console's address is taken."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as exc:
-        raise FifoqError(f"the console cannot listen on {host}:{port}: {exc.strerror or exc} (set ADMIN_PORT)") from None
-
-
 def reset_queues(settings: Settings, actors: Sequence[str]) -> None:
     """Delete the demo actors' queues left by a previous run on an embedded ledger.
 
@@ -217,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
 
     from admin import create_app
     from admin.config import AdminConfig
+    from admin.server import check_port, start_background
     from connectors.examples import registry
     from connectors.runtime import Runtime
 
@@ -225,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if admin_env["ADMIN_ENV"] != "production" and not os.environ.get("ADMIN_SECRET_KEY", "").strip():
         admin_env["ADMIN_SECRET_KEY"] = secrets.token_hex(32)  # a throw-away key: sessions end with the demo
     cfg = AdminConfig.from_env({**os.environ, **admin_env})
-    _check_port(cfg.host, cfg.port)
+    check_port(cfg.host, cfg.port)
     _describe(settings)
     _check_broker(settings)
     backend = Backend(settings)
@@ -261,8 +251,10 @@ def run(args: argparse.Namespace) -> int:
     runtime.start()
     player = Player(backend, seed=args.seed, rate=args.rate, count=args.count)
     player.start()
+    # Werkzeug's server in a thread: the console must share this process's in-memory ledger.
     server_thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
     server_thread.start()
+    console_jobs = start_background(app)
     _banner(url, logins, settings, cfg.host)
     try:
         _wait(stop, args.duration)
@@ -270,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("stopping: player, connectors, relay, console")
         player.stop(SHUTDOWN_TIMEOUT_SECONDS)
         runtime.stop()
+        console_jobs.set()
         server.shutdown()
         backend.close()
     log.info("demo stopped after %d events", player.emitted)

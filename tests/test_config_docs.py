@@ -114,10 +114,11 @@ def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
     """The value shown in .env.example is the default the code applies."""
     from admin.alerts import AlertRules
     from admin.security import ThrottleConfig
+    from admin.server import ServerConfig
     from backend.settings import Settings
 
     example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
-    d, rules, throttle = Settings(), AlertRules(), ThrottleConfig()
+    d, rules, throttle, server = Settings(), AlertRules(), ThrottleConfig(), ServerConfig()
     defaults = {
         "AMQP_URL": d.amqp_urls[0], "RABBITMQ_API_URL": d.api_url, "RABBITMQ_API_USER": d.api_user,
         "RABBITMQ_API_PASSWORD": d.api_password, "MONGODB_DB": d.mongodb_db, "FIFOQ_PREFIX": d.prefix,
@@ -130,6 +131,9 @@ def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
         "ADMIN_ALERT_BLOCKED_MINUTES": rules.blocked_minutes, "ADMIN_ALERT_QUEUE_DEPTH": rules.queue_depth,
         "ADMIN_ALERT_NO_CONSUMER": int(rules.no_consumer),
         "ADMIN_LOGIN_MAX_FAILURES": throttle.max_failures, "ADMIN_LOGIN_WINDOW_SECONDS": throttle.window_seconds,
+        "ADMIN_WORKERS": server.workers, "ADMIN_THREADS": server.threads, "ADMIN_TIMEOUT": server.timeout,
+        "ADMIN_GRACEFUL_TIMEOUT": server.graceful_timeout, "ADMIN_KEEPALIVE": server.keepalive,
+        "ADMIN_ACCESS_LOG": server.access_log,
     }
     if hasattr(d, "claim_lease"):
         defaults["FIFOQ_CLAIM_LEASE_SECONDS"] = d.claim_lease
