@@ -19,7 +19,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from admin import auth, security
+from admin import auth, security, throttle
 from admin.config import AdminConfig
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
@@ -79,7 +79,8 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     if "MAX_CONTENT_LENGTH" not in config:
         app.config["MAX_CONTENT_LENGTH"] = security.body_limit(backend.settings.max_payload_bytes)
     auth.init_app(app)
-    security.init_app(app, env, app.extensions["fifoq_users"].store)
+    throttle.init_app(app, env, backend.settings, auth.login_throttled)
+    security.init_app(app)
     from admin import api, views  # noqa: E402  (blueprints need the app's extensions at request time only)
 
     app.register_blueprint(views.bp)

@@ -73,7 +73,7 @@ def test_config_docs_scanner_finds_the_known_readers() -> None:
     found = code_variables()
     expected = {
         "AMQP_URL", "AMQP_CA_FILE", "AMQP_KEY_FILE", "FIFOQ_DECLARE", "FIFOQ_VHOST",  # env.get, a tuple of names
-        "ADMIN_LOGIN_MAX_FAILURES", "ADMIN_PORT", "FIFOQ_GAP_GRACE",                  # helpers taking the name
+        "ADMIN_LOGIN_LIMITS", "ADMIN_PORT", "FIFOQ_GAP_GRACE",                        # helpers taking the name
         "FIFOQ_LEDGER_KEY_FILE", "BENCH_TAG", "LOG_LEVEL",                            # constants, os.environ.get
         "PROVISION_CONNECTOR_<X>_PASSWORD",                                           # an f-string family
         "CLUSTER_BOOT_TIMEOUT", "CERT_DAYS", "CERT_EXTRA_SANS", "TLS_AMQPS_PORT",     # shell ${VAR:-default}
@@ -113,7 +113,7 @@ def test_config_docs_env_example_lists_every_variable_the_code_reads() -> None:
 def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
     """The value shown in .env.example is the default the code applies."""
     from admin.alerts import AlertRules
-    from admin.security import ThrottleConfig
+    from admin.throttle import ThrottleConfig
     from admin.server import ServerConfig
     from backend.settings import Settings
 
@@ -130,7 +130,7 @@ def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:
         "FIFOQ_DECLARE": int(d.declare),
         "ADMIN_ALERT_BLOCKED_MINUTES": rules.blocked_minutes, "ADMIN_ALERT_QUEUE_DEPTH": rules.queue_depth,
         "ADMIN_ALERT_NO_CONSUMER": int(rules.no_consumer),
-        "ADMIN_LOGIN_MAX_FAILURES": throttle.max_failures, "ADMIN_LOGIN_WINDOW_SECONDS": throttle.window_seconds,
+        "ADMIN_LOGIN_LIMITS": throttle.limits,
         "ADMIN_WORKERS": server.workers, "ADMIN_THREADS": server.threads, "ADMIN_TIMEOUT": server.timeout,
         "ADMIN_GRACEFUL_TIMEOUT": server.graceful_timeout, "ADMIN_KEEPALIVE": server.keepalive,
         "ADMIN_ACCESS_LOG": server.access_log,
