@@ -19,7 +19,7 @@ from backend.errors import BrokerUnavailable, ConfigError
 from backend.settings import Settings
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.helpers import Recorder
+from tests.helpers import Recorder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS = ROOT / ".certs"
@@ -97,9 +97,31 @@ def test_security_tls_pipeline_over_amqps_with_verified_certificates(tls_setting
     assert recorder.payloads() == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-def test_security_tls_connects_by_ip_address_too(tls_settings: Settings) -> None:
-    conn = connect(tls_settings.with_(amqp_urls=("amqps://guest:guest@127.0.0.1:5691/%2F",)), "tls-probe")
-    conn.close()
+def test_security_tls_connects_by_ip_address_too(tls_settings: Settings, tls_node: Path) -> None:
+    """An amqps:// URL with the broker's address rather than a name connects with hostname
+    verification on (the certificate names IP:127.0.0.1), over TLS, with the client certificate:
+    as the broker itself reports the connection."""
+    by_ip = tls_settings.with_(amqp_urls=("amqps://guest:guest@127.0.0.1:5691/%2F",))
+    assert tls_context(by_ip).check_hostname
+    name = f"tls-probe-{by_ip.prefix}"
+    conn = connect(by_ip, name)
+    try:
+        assert conn.is_open
+        seen: list[dict] = []
+
+        def reported() -> bool:
+            found = requests.get(f"{HTTPS_API}/api/connections", auth=("guest", "guest"), timeout=10,
+                                 verify=str(tls_node / "ca.pem")).json()
+            seen[:] = [c for c in found if (c.get("client_properties") or {}).get("connection_name") == name]
+            return bool(seen)
+
+        wait_for(reported, timeout=30, what="the broker to list the connection")
+        info = seen[0]
+        assert info["ssl"] is True and info["ssl_protocol"].startswith("tlsv1.")
+        assert info["host"] == "127.0.0.1" and info["port"] == 5691
+        assert "fifoq-client" in info["peer_cert_subject"]  # the client certificate was presented
+    finally:
+        conn.close()
 
 
 def test_security_tls_wrong_ca_is_refused(tls_settings: Settings, other_ca: Path) -> None:
