@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: help venv broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
+.PHONY: help venv broker tools chromium test demo compose cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
 
 help:
 	@echo "make venv          create .venv and install the project with its test extra"
 	@echo "make broker        make sure RabbitMQ with the management API is reachable"
 	@echo "make test          run the test suite (PYTEST_ADDOPTS is passed through)"
 	@echo "make demo          run the demo (prints the admin console URL)"
+	@echo "make compose       write the compose deployment's connectors, scrape targets and broker passwords from docker/actors.txt"
 	@echo "make cluster-up    start a local 3-node RabbitMQ cluster (ports 5681-5683)"
 	@echo "make cluster-down  stop it and delete its state"
 	@echo "make certs         generate a development CA and certificates in .certs/ (openssl)"
@@ -45,6 +46,10 @@ test: venv broker tools chromium
 
 demo: venv broker
 	$(VPY) -m demo
+
+# docker/actors.txt -> docker-compose.actors*.yml, Prometheus targets, missing passwords in .env
+compose: venv
+	$(VPY) -m admin.deployment
 
 cluster-up:
 	@scripts/cluster.sh start

@@ -195,8 +195,9 @@ def test_security_tls_gen_certs_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
-    """docker-compose.tls.yml merges onto docker-compose.yml: TLS ports, certificate mounts and
-    amqps:// with a CA for every application service."""
+    """docker-compose.tls.yml (and the connectors' docker-compose.actors.tls.yml) merge onto
+    docker-compose.yml and docker-compose.actors.yml: TLS ports, certificate mounts and amqps://
+    with a CA for every application service."""
     import shutil
 
     import yaml
@@ -214,8 +215,9 @@ def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
     from tests.test_compose import SECRETS
 
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **SECRETS, "HOME": str(tmp_path)}
-    out = subprocess.run([*cmd, "--env-file", str(empty), "-f", "docker-compose.yml", "-f", "docker-compose.tls.yml",
-                          "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    files = ("docker-compose.yml", "docker-compose.actors.yml", "docker-compose.tls.yml", "docker-compose.actors.tls.yml")
+    out = subprocess.run([*cmd, "--env-file", str(empty), *(a for f in files for a in ("-f", f)), "config"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
     for node in ("rabbitmq1", "rabbitmq2", "rabbitmq3"):
