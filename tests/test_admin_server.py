@@ -94,12 +94,13 @@ def test_admin_server_image_command_serves_the_console_with_gunicorn(serve) -> N
     assert requests.get(served.base + "/api/me", timeout=10).status_code == 401
     assert "Secure" in page.headers["Set-Cookie"]  # production: the session cookie needs HTTPS
     # The bootstrap admin logs in (the cookie sent by hand: it is Secure, this is plain HTTP).
-    cookie = page.headers["Set-Cookie"].split(";", 1)[0]
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    resp = requests.post(served.base + "/login", headers={"Cookie": cookie}, allow_redirects=False, timeout=10,
+    resp = requests.post(served.base + "/login", allow_redirects=False, timeout=10,
+                         headers={"Cookie": f"fifoq_admin={page.cookies['fifoq_admin']}"},
                          data={"username": "boot", "password": "bootstrap-pw", "csrf_token": token})
     assert resp.status_code == 302, resp.text
-    me = requests.get(served.base + "/api/me", headers={"Cookie": resp.headers["Set-Cookie"].split(";", 1)[0]}, timeout=10)
+    me = requests.get(served.base + "/api/me", headers={"Cookie": f"fifoq_admin={resp.cookies['fifoq_admin']}"},
+                      timeout=10)
     assert me.json()["name"] == "boot"
     # gunicorn's access log, with the request's duration
     wait_for(lambda: re.search(r'"GET /static/console.css HTTP/1.1" 200 \d+ .* \d+ms', served.text()) is not None,
