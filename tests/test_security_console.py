@@ -52,6 +52,7 @@ def test_security_login_attacker_does_not_lock_anyone_out(app: Flask) -> None:
     assert attempt(app, "ada", WRONG, "10.0.2.1").status_code == 429
     assert attempt(app, "ada", PASSWORD, "10.0.2.2").status_code == 302  # the admin, elsewhere
     assert attempt(app, "otto", PASSWORD, "10.0.2.1").status_code == 302  # another user, same address
+    assert attempt(app, "vera", PASSWORD, "10.0.2.3").status_code == 302  # another user, elsewhere
 
 
 def test_security_login_trusted_device_gets_in_from_a_throttled_address(app: Flask) -> None:
