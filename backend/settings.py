@@ -16,7 +16,7 @@ into `error: ...` and exit code 2.
 The groups: `Settings` (broker, ledger, queues and delivery: every process), `LogSettings`
 (backend.logs), `backend.ledger_server.LedgerClientSettings`, `admin.config.AdminConfig`,
 `admin.alerts.AlertRules`, `admin.throttle.ThrottleConfig`, `admin.server.ServerConfig`,
-the demo's `demo.cli.DemoSettings` and the benchmarks'
+`admin.releases.ReleaseSettings`, the demo's `demo.cli.DemoSettings` and the benchmarks'
 `bench.common.BenchSettings`.
 """
 from __future__ import annotations

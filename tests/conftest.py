@@ -217,12 +217,17 @@ def console_url(backend: Backend, users: UserStore) -> Iterator[str]:
     """The console (with CSRF) served by a real HTTP server on a free port."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, make_app(backend, csrf=True), threaded=True)
+    from admin.server import start_background
+
+    app = make_app(backend, csrf=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
     thread.start()
+    jobs = start_background(app)  # the staged-release driver, as `fifoq admin serve` runs it
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
+        jobs.set()
         server.shutdown()
         thread.join(timeout=10)
 

@@ -109,6 +109,9 @@ def test_admin_server_image_command_serves_the_console_with_gunicorn(serve) -> N
                                r'200 \d+ .* \d+ms', served.text()) is not None, timeout=10, what="the access log line")
     assert re.search(r" INFO +gunicorn\.error \[MainThread\] cid=- Starting gunicorn", served.text())
     assert "Using worker: gthread" in served.text()
+    # the console's own background job (the staged-release driver) runs in the worker that leads
+    wait_for(lambda: "background job release-driver started" in served.text(), timeout=10,
+             what="the release driver to start in the leading worker")
 
 
 def test_admin_server_access_log_file_carries_the_correlation_id_and_json_logs(serve, tmp_path: Path) -> None:
@@ -127,6 +130,8 @@ def test_admin_server_development_server_only_when_asked(serve) -> None:
     served = serve([sys.executable, "-m", "admin", "serve", "--dev"], ADMIN_ENV="development")
     assert "Werkzeug" in requests.get(served.base + "/login", timeout=10).headers["Server"]
     assert "development server" in served.text()
+    wait_for(lambda: "background job release-driver started" in served.text(), timeout=10,
+             what="the release driver to start beside the development server")
 
 
 def test_admin_server_background_job_runs_once_across_workers_and_moves_on_when_its_worker_dies(
