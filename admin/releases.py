@@ -97,19 +97,17 @@ class ReleasePlans:
     def start(self, group: Group, by: str, canary_id: str | None = None) -> dict[str, Any]:
         """Replay the canary now; the driver releases the rest once it has succeeded."""
         members = group.members
-        if canary_id is None:
-            canary = members[0]
-        else:
-            canary = next((m for m in members if m["id"] == canary_id), None)
-            if canary is None:
-                raise ValidationError(f"the canary must be a failed message of the group; {canary_id!r} is not")
+        canary: dict[str, Any] | None = members[0] if canary_id is None else next(
+            (m for m in members if m["id"] == canary_id), None)
+        if canary is None:
+            raise ValidationError(f"the canary must be a failed message of the group; {canary_id!r} is not")
         with self.store.op() as db:
             running = db[COLLECTION].find_one({"fingerprint": group.fingerprint, "state": {"$in": list(ACTIVE)}})
         if running is not None:
             raise Conflict(f"release {running['_id']} of this group is still running: wait for it or abort it")
         doc = self.backend.ledger.message(canary["id"])
         now = utcnow()
-        plan = {
+        plan: dict[str, Any] = {
             "_id": "rel-" + uuid.uuid4().hex[:12],
             "fingerprint": group.fingerprint,
             "error": f"{group.type}: {group.message}",
