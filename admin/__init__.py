@@ -175,10 +175,9 @@ def _register_filters(app: Flask) -> None:
     @app.template_filter("age")
     def age(value: Any) -> str:
         """How long ago (a datetime) or how long (seconds), as a duration: `5 min 3 s`."""
-        when = value if value is None or isinstance(value, (int, float)) else as_aware(value)
-        if when is None or isinstance(when, (int, float)):
-            return timefmt.duration(when)
-        return timefmt.duration((utcnow() - when).total_seconds())
+        if value is None or isinstance(value, (int, float)):
+            return timefmt.duration(value)
+        return timefmt.duration((utcnow() - as_aware(value)).total_seconds())
 
     @app.template_filter("num")
     def num(value: Any) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 
 from admin import timefmt
 from backend.app import Backend
+from backend.lanes import MINUTE_FORMAT
 from backend.ledger import utcnow
-from backend.metrics import MINUTE_FORMAT, ledger_activity
+from backend.metrics import ledger_activity
 from backend.values import FINAL_STATUSES
 
 DEFAULT_MINUTES = 60

@@ -20,7 +20,7 @@ _FROM_REQUEST: Any = object()
 
 def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_error: str | None, *,
                 actor: str | None = None, ledger: Any = None, now: datetime | None = None,
-                sample: Sample | None | object = _FROM_REQUEST) -> dict[str, Any]:
+                sample: Sample | object | None = _FROM_REQUEST) -> dict[str, Any]:
     """Compare what the ledger says sits in the broker with what the broker reports.
 
     A queued message must be in the queue (ready, or unacked while a consumer holds it). A pending
@@ -48,7 +48,7 @@ def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_err
     if sample is _FROM_REQUEST:
         sample = request_sample()
     assert sample is None or isinstance(sample, Sample)
-    lag = sample.watch.broker_lag_seconds if sample is not None else AlertRules.broker_lag_seconds
+    lag = sample.watch.broker_lag_seconds if sample is not None else AlertRules().broker_lag_seconds
     queued = counts.get(Status.QUEUED.value, 0)
     pending = counts.get(Status.PENDING.value, 0)
     processing = counts.get(Status.PROCESSING.value, 0)

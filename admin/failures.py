@@ -81,9 +81,9 @@ def handler_frame(traceback_text: str | None) -> Frame | None:
     if not frames:
         return None
     chosen = next((f for f in reversed(frames) if _is_handler_frame(f[0])), frames[-1])
-    path, line, function = chosen
+    path, lineno, function = chosen
     short = "/".join(path.replace("\\", "/").split("/")[-2:])
-    return Frame(short, function, line)
+    return Frame(short, function, lineno)
 
 
 def fingerprint(error: dict[str, Any] | None) -> str:

@@ -16,8 +16,9 @@ import copy
 import json
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jsonpatch
 import jsonpointer
@@ -42,39 +43,46 @@ def parse_patch(raw: Any) -> jsonpatch.JsonPatch:
     """A JSON Patch from a JSON list, or from its text (a form field). Raises ValidationError
     with what is wrong and where (operation index, line and column for text)."""
     if isinstance(raw, str):
-        if len(raw) > MAX_PATCH_CHARS:
-            raise ValidationError(f"the patch is longer than {MAX_PATCH_CHARS} characters")
-        if not raw.strip():
-            raise ValidationError('the patch is required: a JSON list such as [{"op": "replace", "path": "/currency", "value": "EUR"}]')
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"the patch is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        except RecursionError:
-            raise ValidationError("the patch is nested too deeply") from None
+        raw = _patch_text(raw)
     if not isinstance(raw, list) or not raw:
         raise ValidationError("a JSON Patch is a non-empty list of operations (RFC 6902)")
     if len(raw) > MAX_PATCH_OPERATIONS:
         raise ValidationError(f"a patch has at most {MAX_PATCH_OPERATIONS} operations")
     for i, op in enumerate(raw):
-        if not isinstance(op, dict):
-            raise ValidationError(f"operation {i} is not a JSON object")
-        name = op.get("op")
-        if name not in _OPS_NEEDING:
-            raise ValidationError(f"operation {i}: 'op' must be one of {', '.join(_OPS_NEEDING)}, not {name!r}")
-        for member in ("path", _OPS_NEEDING[name]):
-            if member is None:
-                continue
-            if member not in op:
-                raise ValidationError(f"operation {i} ({name}) needs a '{member}' member")
-            if member in ("path", "from"):
-                value = op[member]
-                if not isinstance(value, str) or (value and not value.startswith("/")):
-                    raise ValidationError(f"operation {i}: '{member}' must be a JSON Pointer such as \"/currency\"")
+        _check_operation(i, op)
     try:
         return jsonpatch.JsonPatch(raw)
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
         raise ValidationError(f"invalid JSON Patch: {exc}") from None
+
+
+def _patch_text(raw: str) -> Any:
+    if len(raw) > MAX_PATCH_CHARS:
+        raise ValidationError(f"the patch is longer than {MAX_PATCH_CHARS} characters")
+    if not raw.strip():
+        raise ValidationError('the patch is required: a JSON list such as [{"op": "replace", "path": "/currency", "value": "EUR"}]')
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"the patch is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValidationError("the patch is nested too deeply") from None
+
+
+def _check_operation(i: int, op: Any) -> None:
+    if not isinstance(op, dict):
+        raise ValidationError(f"operation {i} is not a JSON object")
+    name = op.get("op")
+    if name not in _OPS_NEEDING:
+        raise ValidationError(f"operation {i}: 'op' must be one of {', '.join(_OPS_NEEDING)}, not {name!r}")
+    for member in ("path", _OPS_NEEDING[name]):
+        if member is None:
+            continue
+        if member not in op:
+            raise ValidationError(f"operation {i} ({name}) needs a '{member}' member")
+        value = op[member]
+        if member in ("path", "from") and (not isinstance(value, str) or (value and not value.startswith("/"))):
+            raise ValidationError(f"operation {i}: '{member}' must be a JSON Pointer such as \"/currency\"")
 
 
 def apply_patch(patch: jsonpatch.JsonPatch, payload: Any) -> Any:

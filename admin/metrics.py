@@ -38,7 +38,7 @@ from admin.board import LEDGER_DOWN, Overview, build_overview
 from admin.users import Role
 from admin.watch import Watch, request_sample
 from backend.errors import ValidationError
-from backend.ledger import as_aware, utcnow
+from backend.ledger import utcnow
 from backend.values import Status
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,17 @@ def init_app(app: Flask, env: Mapping[str, str]) -> None:
 
 def rules() -> AlertRules:
     return current_app.extensions["fifoq_alert_rules"]
+
+
+def _queue_metrics(name: str, queue: dict[str, Any] | None, depth: GaugeMetricFamily, consumers: GaugeMetricFamily) -> None:
+    """The broker's figures of one actor's queues (absent until the management API has them)."""
+    if not queue:
+        return
+    for key, state in (("messages_ready", "ready"), ("messages_unacknowledged", "unacked")):
+        if queue[key] is not None:
+            depth.add_metric([name, state], float(queue[key]))
+    if queue["consumers"] is not None:
+        consumers.add_metric([name], float(queue["consumers"]))
 
 
 class ConsoleCollector(Collector):
@@ -94,14 +105,7 @@ class ConsoleCollector(Collector):
                 paused.add_metric([name], 1.0 if row["paused"] else 0.0)
                 for status in Status:
                     ledger.add_metric([name, status.value], float(row["counts"].get(status.value, 0)))
-            queue = row.get("queue")
-            if queue:
-                if queue["messages_ready"] is not None:
-                    depth.add_metric([name, "ready"], float(queue["messages_ready"]))
-                if queue["messages_unacknowledged"] is not None:
-                    depth.add_metric([name, "unacked"], float(queue["messages_unacknowledged"]))
-                if queue["consumers"] is not None:
-                    consumers.add_metric([name], float(queue["consumers"]))
+            _queue_metrics(name, row.get("queue"), depth, consumers)
             check = row.get("consistency") or {}
             if check.get("ok") is not None:
                 divergent.add_metric([name], 0.0 if check["ok"] else 1.0)

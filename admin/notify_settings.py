@@ -19,8 +19,8 @@ have a secret: unsigned notifications are not sent.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from backend.errors import ConfigError
@@ -84,7 +84,7 @@ class NotifySettings:
         return bool(self.default_url) or any(u != OFF for u in self.urls.values())
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "NotifySettings":
+    def from_env(cls, env: Mapping[str, str]) -> NotifySettings:
         """Raises ConfigError naming the variable on bad input."""
         d = cls()
         default_url = _url(env, "ADMIN_NOTIFY_URL")

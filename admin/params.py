@@ -76,7 +76,11 @@ class Page:
     def skip(self) -> int:
         return (self.number - 1) * self.per_page
 
-    def count(self, total: int) -> int:
+    def count(self, total: int | None) -> int:
+        """Pages for `total` items; None (the ledger could only say "more than shown"): this page
+        and one more."""
+        if total is None:
+            return self.number + 1
         return max(1, -(-total // self.per_page))
 
 

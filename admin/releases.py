@@ -97,10 +97,13 @@ class ReleasePlans:
     def start(self, group: Group, by: str, canary_id: str | None = None) -> dict[str, Any]:
         """Replay the canary now; the driver releases the rest once it has succeeded."""
         members = group.members
-        canary: dict[str, Any] | None = members[0] if canary_id is None else next(
-            (m for m in members if m["id"] == canary_id), None)
-        if canary is None:
-            raise ValidationError(f"the canary must be a failed message of the group; {canary_id!r} is not")
+        if canary_id is None:
+            canary = members[0]
+        else:
+            found: dict[str, Any] | None = next((m for m in members if m["id"] == canary_id), None)
+            if found is None:
+                raise ValidationError(f"the canary must be a failed message of the group; {canary_id!r} is not")
+            canary = found
         with self.store.op() as db:
             running = db[COLLECTION].find_one({"fingerprint": group.fingerprint, "state": {"$in": list(ACTIVE)}})
         if running is not None:

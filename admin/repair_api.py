@@ -81,7 +81,7 @@ def patch(fp: str) -> Any:
     data = body()
     if "patch" not in data:
         raise ValidationError("patch is required (a JSON Patch: a list of operations)")
-    return ok(apply_group_patch(backend(), fp, parse_patch(data["patch"]), data.get("expected_versions"), acting_user()).to_dict())
+    return ok(apply_group_patch(backend(), fp, parse_patch(data["patch"]), data.get("expected_versions") or {}, acting_user()).to_dict())
 
 
 @bp.route("/failures/<fp>/release", methods=["POST"])

@@ -122,7 +122,7 @@ class JSONProvider(DefaultJSONProvider):
     """Flask's JSON with datetimes as iso() (Flask's default writes them as HTTP dates)."""
 
     @staticmethod
-    def default(o: Any) -> Any:  # type: ignore[override]
+    def default(o: Any) -> Any:
         if isinstance(o, (datetime, date)):
             return json_default(o)
         return DefaultJSONProvider.default(o)
@@ -131,7 +131,7 @@ class JSONProvider(DefaultJSONProvider):
 def init_app(app: Flask) -> None:
     """The JSON provider and the template filters `when`, `ago`, `duration`, `utc`."""
     provider = JSONProvider(app)
-    provider.sort_keys = app.json.sort_keys
+    provider.sort_keys = getattr(app.json, "sort_keys", DefaultJSONProvider.sort_keys)
     app.json = provider
     app.add_template_filter(html, "when")
     app.add_template_filter(relative, "ago")

@@ -94,7 +94,7 @@ def page() -> Any:
     backend: Backend = current_app.extensions["fifoq"]
     cid = _correlation_id(request.args.get("correlation_id"))
     trace = build_trace(backend, cid) if cid else None
-    if trace is not None and not trace.messages:
+    if trace is not None and cid and not trace.messages:
         try:
             doc = backend.ledger.message(cid)
         except UnknownMessage:

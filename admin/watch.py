@@ -45,7 +45,7 @@ class Watch:
         # Samples further apart than this do not prove that the condition held in between.
         self.max_gap_seconds = max(persist_seconds, MIN_GAP_SECONDS)
 
-    def sample(self, now: datetime | None = None) -> "Sample":
+    def sample(self, now: datetime | None = None) -> Sample:
         with self.store.op() as db:
             docs = {d["_id"]: d for d in db[COLLECTION].find({})}
         return Sample(self, docs, now or utcnow())
@@ -76,6 +76,7 @@ class Sample:
                 coll.replace_one({"_id": key}, doc, upsert=True)
                 self.docs[key] = doc
                 return 0.0
+            assert doc is not None  # last_seen came from it
             if (self.now - last_seen).total_seconds() > REFRESH_SECONDS:
                 coll.update_one({"_id": key}, {"$set": {"last_seen": self.now}})
                 doc = dict(doc, last_seen=self.now)

@@ -25,9 +25,10 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import pika
 import pika.exceptions as pex
@@ -107,7 +108,7 @@ def connect(settings: Settings, name: str, start: int = 0) -> pika.BlockingConne
 
 def _sever(conn: pika.BlockingConnection, what: str, seconds: float) -> None:
     try:
-        sock = conn._impl._transport._sock  # noqa: SLF001 - pika exposes no timeout for blocking calls
+        sock = conn._impl._transport._sock
     except AttributeError:
         return
     if sock is not None:
@@ -335,10 +336,12 @@ class Publisher:
                         mandatory=True,
                     )
                 deadline = time.monotonic() + timeout
+                conn = self._conn
+                assert conn is not None
                 while time.monotonic() < deadline and not self._outstanding.isdisjoint(tags):
                     # Confirms reach our own callback, which does not end process_data_events'
                     # wait early: poll in short slices instead of one long wait.
-                    self._conn.process_data_events(time_limit=CONFIRM_POLL_SECONDS)
+                    conn.process_data_events(time_limit=CONFIRM_POLL_SECONDS)
             except (pex.AMQPError, OSError) as exc:
                 self._close_quietly(failed=True)
                 confirmed = {tags[t] for t in tags if t in self._acked} - self._returned

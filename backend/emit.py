@@ -15,9 +15,10 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from backend.broker import BrokerRefused, Publisher
 from backend.errors import BrokerUnavailable, DuplicateKey, FifoqError, OutcomeUnknown, SchemaViolation, StoreError, ValidationError
@@ -183,7 +184,7 @@ class Emitter:
         stored = self._store(plans)
         try:
             self._publish([d for docs in stored for d in docs if d.get("status") == Status.PENDING.value])
-        except Exception:  # noqa: BLE001 - stored means emitted: the relay publishes what is left
+        except Exception:
             log.exception("publish failed after the messages were stored; the relay will publish them")
         return [[d["_id"] for d in docs] for docs in stored]
 
@@ -302,14 +303,14 @@ class Emitter:
         fresh = self._allocate(counts) if counts else {}
         out = []
         for d in again:
-            lane = (d["actor"], d["lane"])
-            if lane in fresh:
-                d = self.ledger.resequenced(d, fresh[lane])
-                fresh[lane] += 1
+            key = (d["actor"], d["lane"])
+            if key in fresh:
+                d = self.ledger.resequenced(d, fresh[key])
+                fresh[key] += 1
             out.append(d)
-        for (actor, lane), seqs in abandoned.items():
+        for (gap_actor, gap_lane), seqs in abandoned.items():
             # Numbers we reserved and will not use: closed now rather than after a grace period.
-            self.ledger.close_gaps(actor, lane, seqs, "sequence number given back by its emitter (event already stored)")
+            self.ledger.close_gaps(gap_actor, gap_lane, seqs, "sequence number given back by its emitter (event already stored)")
         if counts:
             log.warning("re-allocated sequence numbers for %d messages after a gap tombstone", sum(counts.values()))
         return out

@@ -21,9 +21,10 @@ redo. Correctness decisions (what may run) read the messages themselves.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from backend.errors import OutcomeUnknown, UnknownActor
 from backend.store import RETURN_AFTER, Store

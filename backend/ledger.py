@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, overload
 
 from backend import transitions as tr
 from backend.errors import Conflict, DuplicateKey, OutcomeUnknown, UnknownActor, UnknownMessage
@@ -34,7 +35,6 @@ ATTEMPT_LOG_SIZE = 50
 # The console's payload search looks at this much of each walked message's flattened payload and
 # correlation id.
 SEARCH_TEXT_CHARS = 4096
-HIDDEN_FIELDS = {"search": False}  # the first format's stored search text: not part of a message as read
 GAP_EVENT = "(sequence gap)"
 SORTS = {
     "newest": [("created_at", DESCENDING), ("seq", DESCENDING)],
@@ -51,6 +51,14 @@ def utcnow() -> datetime:
     # Millisecond precision: what BSON keeps, so values read back compare equal.
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@overload
+def as_aware(value: datetime) -> datetime: ...
+
+
+@overload
+def as_aware(value: None) -> None: ...
 
 
 def as_aware(value: datetime | None) -> datetime | None:
@@ -283,7 +291,7 @@ class Ledger(LedgerViews):
     def message(self, message_id: str) -> dict[str, Any]:
         if not isinstance(message_id, str):
             raise UnknownMessage("message id must be a string")
-        doc = self.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
+        doc = self.messages.find_one({"_id": message_id})
         if doc is None:
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
@@ -291,7 +299,7 @@ class Ledger(LedgerViews):
     def by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         if not ids:
             return []
-        return list(self.messages.find({"_id": {"$in": list(ids)}}, HIDDEN_FIELDS))
+        return list(self.messages.find({"_id": {"$in": list(ids)}}))
 
     def by_seqs(self, actor: str, lane: int, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
         """{seq: message} for the stored ones among `seqs` of one lane (one read, by id)."""
@@ -333,14 +341,16 @@ class Ledger(LedgerViews):
             return docs[skip:skip + limit], len(docs)
         lanes = self.lanes.of_actor(str(actor))
         walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None)
-        predicate = (lambda d: _matches(d, status, event, since, until, text, correlation_id))
+        def predicate(d: dict[str, Any]) -> bool:
+            return _matches(d, status, event, since, until, text, correlation_id)
+
         rows, complete = walk.take(predicate, max(0, skip) + max(1, limit))
         page = rows[max(0, skip):max(0, skip) + max(1, limit)]
         unfiltered = not any((status, event, since, until, text, correlation_id))
         if not count:
             return page, None
         if unfiltered:
-            return page, sum(max(0, int(l["next"]) - int(l.get("floor", 1))) for l in lanes)
+            return page, sum(max(0, int(lane_["next"]) - int(lane_.get("floor", 1))) for lane_ in lanes)
         if complete:
             return page, len(rows)
         return page, None
@@ -354,7 +364,7 @@ class Ledger(LedgerViews):
 
     def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """Every message of one business event (one correlation id) across actors, oldest first."""
-        cur = self.messages.find({"correlation_id": str(correlation_id)}, HIDDEN_FIELDS)
+        cur = self.messages.find({"correlation_id": str(correlation_id)})
         return list(cur.sort([("correlation_id", ASCENDING), ("created_at", ASCENDING)]).limit(max(1, limit)))
 
     # -- processing transitions (the connector runtime) -------------------------------------
@@ -373,7 +383,7 @@ class Ledger(LedgerViews):
             if res.modified_count != 1:
                 return None
         except OutcomeUnknown:
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             return after if tr.holds_attempt(after, owner, attempt) else None
         return dict(doc, attempts=attempt, **fields)
 
@@ -414,7 +424,7 @@ class Ledger(LedgerViews):
                     return True
             except OutcomeUnknown as exc:
                 log.warning("actor=%s message=%s settle outcome unknown (%s): reading it back", doc["actor"], doc["_id"], exc)
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             if tr.settled_by(after, owner, attempt, status.value):
                 return True
             if not tr.holds_attempt(after, owner, attempt):
@@ -478,7 +488,7 @@ class Ledger(LedgerViews):
                                            {"$inc": {"attempts": 1}, "$set": {"started_at": now, "updated_at": now}})
             ok = res.modified_count == 1
         except OutcomeUnknown:
-            after = self.messages.find_one({"_id": doc["_id"]}, HIDDEN_FIELDS)
+            after = self.messages.find_one({"_id": doc["_id"]})
             ok = tr.holds_attempt(after, owner, attempt + 1)
         return dict(doc, attempts=attempt + 1, started_at=now) if ok else None
 
@@ -520,7 +530,7 @@ class Ledger(LedgerViews):
         flt = {"_id": doc["_id"], "version": version, **tr.status_filter("edit")}
         update = {"$set": {"payload": payload, "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
         try:
-            after = self.messages.find_one_and_update(flt, update, projection=HIDDEN_FIELDS, return_document=RETURN_AFTER)
+            after = self.messages.find_one_and_update(flt, update, return_document=RETURN_AFTER)
         except OutcomeUnknown:
             after = self.message(doc["_id"])
             if not (after["version"] == version + 1 and after["history"] and after["history"][-1]["at"] == now):
@@ -536,7 +546,7 @@ class Ledger(LedgerViews):
         return self.messages.find_one_and_update(
             {"_id": message_id, **tr.status_filter("request_replay"), "replay_requested": None},
             {"$set": {"replay_requested": {"by": by, "at": now}, "updated_at": now}},
-            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+            return_document=RETURN_AFTER,
         )
 
     def cancel(self, message_id: str, by: str, reason: str) -> dict[str, Any] | None:
@@ -546,7 +556,7 @@ class Ledger(LedgerViews):
             {"_id": message_id, **tr.status_filter("cancel")},
             {"$set": {"status": Status.CANCELLED.value, "cancelled": {"by": by, "reason": reason, "at": now},
                       "replay_requested": None, "updated_at": now, "finished_at": now, "settled_at": now}},
-            projection=HIDDEN_FIELDS, return_document=RETURN_AFTER,
+            return_document=RETURN_AFTER,
         )
 
     # -- retention -------------------------------------------------------------------------
@@ -590,16 +600,16 @@ WALK_CAP = 20_000  # messages a walk reads at most for one page (a rare filter s
 class LaneWalk:
     """Reads an actor's lanes newest (or oldest) first, by id, and merges them by creation time."""
 
-    def __init__(self, ledger: "Ledger", lanes: list[dict[str, Any]], newest: bool,
+    def __init__(self, ledger: Ledger, lanes: list[dict[str, Any]], newest: bool,
                  stop_before: datetime | None, stop_after: datetime | None) -> None:
         self.ledger = ledger
         self.newest = newest
         self.stop_before = stop_before  # walking newest first: nothing older matters
         self.stop_after = stop_after  # walking oldest first: nothing newer matters
-        self.cursor = {l["_id"]: (int(l["next"]) - 1 if newest else int(l.get("floor", 1))) for l in lanes}
-        self.bounds = {l["_id"]: (int(l.get("floor", 1)), int(l["next"]) - 1) for l in lanes}
-        self.lanes = {l["_id"]: l for l in lanes}
-        self.buffers: dict[str, list[dict[str, Any]]] = {l["_id"]: [] for l in lanes}
+        self.cursor = {lane_["_id"]: (int(lane_["next"]) - 1 if newest else int(lane_.get("floor", 1))) for lane_ in lanes}
+        self.bounds = {lane_["_id"]: (int(lane_.get("floor", 1)), int(lane_["next"]) - 1) for lane_ in lanes}
+        self.lanes = {lane_["_id"]: lane_ for lane_ in lanes}
+        self.buffers: dict[str, list[dict[str, Any]]] = {lane_["_id"]: [] for lane_ in lanes}
         self.read = 0
 
     def _exhausted(self, lid: str) -> bool:
@@ -651,13 +661,16 @@ class LaneWalk:
             heads = [(buf[0], lid) for lid, buf in self.buffers.items() if buf]
             if not heads:
                 return out, True
-            key = (lambda h: (h[0]["created_at"], h[0]["seq"]))
-            doc, lid = (max if self.newest else min)(heads, key=key)
+            doc, lid = (max if self.newest else min)(heads, key=_walk_order)
             self.buffers[lid].pop(0)
             if predicate(doc):
                 out.append(doc)
         done = all(not buf and self._exhausted(lid) for lid, buf in self.buffers.items())
         return out, done
+
+
+def _walk_order(head: tuple[dict[str, Any], str]) -> tuple[Any, int]:
+    return head[0]["created_at"], head[0]["seq"]
 
 
 def _matches(doc: dict[str, Any], status: str | None, event: str | None, since: datetime | None,
@@ -755,5 +768,15 @@ def _flatten(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-__all__ = ["Ledger", "lane_id", "message_id", "scope_key", "utcnow", "as_aware", "run_state", "GAP_EVENT",
-           "error_fingerprint", "search_text"]
+__all__ = [
+    "GAP_EVENT",
+    "Ledger",
+    "as_aware",
+    "error_fingerprint",
+    "lane_id",
+    "message_id",
+    "run_state",
+    "scope_key",
+    "search_text",
+    "utcnow",
+]

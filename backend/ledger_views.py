@@ -11,13 +11,17 @@ messages (its lowest entry is the message it waits on).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from backend import transitions as tr
 from backend.values import Status
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from backend.lanes import Lanes
     from backend.ledger import Ledger
 
 OPEN_SCAN = 1000  # per lane: above this many open messages the rest count as queued
@@ -45,7 +49,7 @@ def _block(doc: dict[str, Any], key: str | None) -> dict[str, Any]:
 class LaneSnapshot:
     """The lanes of some actors and the messages that matter, read in three queries."""
 
-    def __init__(self, ledger: "Ledger", actors: list[str] | None, scan_open: bool) -> None:
+    def __init__(self, ledger: Ledger, actors: list[str] | None, scan_open: bool) -> None:
         lanes = ledger.lanes.all() if actors is None else [d for a in actors for d in ledger.lanes.of_actor(a)]
         self.lanes = lanes
         wanted: list[str] = []
@@ -86,38 +90,45 @@ class LaneSnapshot:
         w, top = int(lane["w"]), int(lane["next"]) - 1
         read = 0
         for seq in range(w + 1, top + 1):
-            doc = self.doc(lane, seq)
-            if doc is None:
+            found = self.doc(lane, seq)
+            if found is None:
                 if read >= OPEN_SCAN or seq > w + OPEN_SCAN:
                     out[Status.QUEUED.value] += top - seq + 1  # beyond the scan: waiting
                     break
                 continue  # reserved, not stored (yet)
             read += 1
-            out[doc["status"]] += 1
+            out[found["status"]] += 1
         return out
 
 
 class LedgerViews:
     """Mixed into Ledger: derived, bounded reads."""
 
-    def snapshot(self: "Ledger", actors: list[str] | None = None, *, scan_open: bool = True) -> LaneSnapshot:
-        return LaneSnapshot(self, actors, scan_open)
+    if TYPE_CHECKING:  # provided by Ledger
+        lanes: Lanes
+
+        def by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]: ...
+        def actor_doc(self, actor: str) -> dict[str, Any]: ...
+        def actor_docs(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
+
+    def snapshot(self, actors: list[str] | None = None, *, scan_open: bool = True) -> LaneSnapshot:
+        return LaneSnapshot(self, actors, scan_open)  # type: ignore[arg-type]  # self is the Ledger
 
     # -- actors with their derived state ----------------------------------------------------------
-    def actor(self: "Ledger", actor: str) -> dict[str, Any]:
+    def actor(self, actor: str) -> dict[str, Any]:
         """The actor's document with its derived state: `blocked` (for an actor without ordering
         keys: {message_id, seq, since, error} of the failed first open message of a lane),
         `blocked_keys` (how many keys are blocked)."""
         doc = self.actor_doc(actor)
         return self._with_state(doc, self.snapshot([actor], scan_open=False))
 
-    def actors(self: "Ledger", names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def actors(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         docs = self.actor_docs(names)
         snap = self.snapshot(None if names is None else [d["_id"] for d in docs], scan_open=False)
         return [self._with_state(d, snap) for d in docs]
 
-    def _with_state(self: "Ledger", doc: dict[str, Any], snap: LaneSnapshot) -> dict[str, Any]:
-        lanes = [l for l in snap.lanes if l["actor"] == doc["_id"]]
+    def _with_state(self, doc: dict[str, Any], snap: LaneSnapshot) -> dict[str, Any]:
+        lanes = [lane_ for lane_ in snap.lanes if lane_["actor"] == doc["_id"]]
         blocked = None
         keys: set[str] = set()
         for lane in lanes:
@@ -128,10 +139,10 @@ class LedgerViews:
             if head is not None and tr.is_failed(head["status"]) and blocked is None:
                 b = _block(head, None)
                 blocked = {k: b[k] for k in ("message_id", "seq", "since", "error", "lane", "replay_requested")}
-        return dict(doc, blocked=blocked, blocked_keys=len(keys), last_seq=sum(int(l["next"]) - 1 for l in lanes))
+        return dict(doc, blocked=blocked, blocked_keys=len(keys), last_seq=sum(int(lane_["next"]) - 1 for lane_ in lanes))
 
     # -- blocks and failures ------------------------------------------------------------------
-    def blocks(self: "Ledger", actor: str | None = None) -> list[dict[str, Any]]:
+    def blocks(self, actor: str | None = None) -> list[dict[str, Any]]:
         """What is blocked now: one entry per blocked actor (key None) and per blocked ordering
         key: {actor, key, lane, message_id, seq, since, error, status, replay_requested}; for a
         key, the message it waits on (its lowest one in custody)."""
@@ -151,7 +162,7 @@ class LedgerViews:
                     out.append(_block(head, None))
         return sorted(out, key=lambda b: (b["actor"], b["key"] or "", b["lane"]))
 
-    def failures(self: "Ledger", limit: int = 1000) -> list[dict[str, Any]]:
+    def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Every failed (unrepaired) message across actors: lanes' failed first messages and
         failed messages in keys' custody, by actor, lane, sequence."""
         snap = self.snapshot(None, scan_open=False)
@@ -162,7 +173,7 @@ class LedgerViews:
         out.sort(key=lambda d: (d["actor"], d["lane"], d["seq"]))
         return [{k: v for k, v in d.items() if k != "search"} for d in out[: max(1, limit)]]
 
-    def blocked_keys(self: "Ledger", actor: str, lane: int | None = None) -> list[dict[str, Any]]:
+    def blocked_keys(self, actor: str, lane: int | None = None) -> list[dict[str, Any]]:
         """An actor with ordering keys: each blocked key with the message it waits on."""
         out = []
         for b in self.blocks(actor):
@@ -172,10 +183,10 @@ class LedgerViews:
                         "blocked": {k: b[k] for k in ("message_id", "seq", "since", "error", "status")}})
         return out
 
-    def key_state(self: "Ledger", actor: str, key: str) -> dict[str, Any] | None:
+    def key_state(self, actor: str, key: str) -> dict[str, Any] | None:
         return next((k for k in self.blocked_keys(actor) if k["key"] == key), None)
 
-    def held(self: "Ledger", actor: str, key: str) -> list[dict[str, Any]]:
+    def held(self, actor: str, key: str) -> list[dict[str, Any]]:
         """Messages waiting behind a blocked key, in order."""
         from backend.ledger import scope_key
 
@@ -184,13 +195,13 @@ class LedgerViews:
                 if scope_key(d) == key and d["status"] == Status.HELD.value]
 
     # -- counts and heads --------------------------------------------------------------------
-    def status_counts(self: "Ledger", actor: str | None = None) -> dict[str, dict[str, int]]:
+    def status_counts(self, actor: str | None = None) -> dict[str, dict[str, int]]:
         """{actor: {status: count}} for one actor or all (see LaneSnapshot.counts)."""
         if actor is not None:
             self.actor_doc(actor)
         return self.summaries(None if actor is None else [actor])[0]
 
-    def summaries(self: "Ledger", actors: list[str] | None = None) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    def summaries(self, actors: list[str] | None = None) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
         """(status counts per actor, oldest open message per actor) in one snapshot."""
         snap = self.snapshot(actors)
         counts: dict[str, dict[str, int]] = {}
@@ -208,17 +219,17 @@ class LedgerViews:
                                             "status": doc["status"]}
         return {a: {s: n for s, n in per.items() if n} for a, per in counts.items()}, heads
 
-    def heads(self: "Ledger") -> dict[str, dict[str, Any]]:
+    def heads(self) -> dict[str, dict[str, Any]]:
         return self.summaries()[1]
 
-    def first_open(self: "Ledger", actor: str, lane: int | None = None) -> dict[str, Any] | None:
+    def first_open(self, actor: str, lane: int | None = None) -> dict[str, Any] | None:
         """The oldest open message of an actor (or of one of its lanes)."""
         snap = self.snapshot([actor], scan_open=False)
-        lanes = [l for l in snap.lanes if lane is None or l["lane"] == lane]
-        docs = [d for l in lanes for d in ([snap.head(l)] + snap.custody(l)) if d is not None]
+        lanes = [lane_ for lane_ in snap.lanes if lane is None or lane_["lane"] == lane]
+        docs = [d for lane_ in lanes for d in ([snap.head(lane_)] + snap.custody(lane_)) if d is not None]
         return min(docs, key=lambda d: (d["created_at"], d["seq"]), default=None)
 
-    def activity(self: "Ledger", since: datetime) -> dict[str, dict[str, dict[str, int]]]:
+    def activity(self, since: datetime) -> dict[str, dict[str, dict[str, int]]]:
         """Per actor and per minute since `since` (within the last hour the lanes keep): handler
         attempts done and failed, messages created, messages settled (done or cancelled).
 

@@ -20,8 +20,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from backend.errors import DuplicateKey
-from backend.lanes import MINUTE_FORMAT
-
 
 log = logging.getLogger(__name__)
 
@@ -126,4 +124,5 @@ def ledger_activity(ledger: Any, since: datetime) -> dict[str, dict[str, dict[st
     activity = getattr(ledger, "activity", None)
     if activity is None:
         return None
-    return activity(since)  # type: ignore[no-any-return]
+    result: dict[str, dict[str, dict[str, int]]] = activity(since)
+    return result

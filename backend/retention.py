@@ -19,10 +19,11 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from backend.errors import FifoqError
 from backend.ledger import Ledger

@@ -104,7 +104,7 @@ def attempt_filter(message_id: str, owner: str, attempt: int) -> dict[str, Any]:
 
 
 def holds_attempt(doc: dict[str, Any] | None, owner: str, attempt: int) -> bool:
-    return bool(doc) and doc["status"] == PR and doc.get("owner") == owner and doc.get("attempts") == attempt  # type: ignore[index]
+    return doc is not None and doc["status"] == PR and doc.get("owner") == owner and doc.get("attempts") == attempt
 
 
 def settled_by(doc: dict[str, Any] | None, owner: str, attempt: int, target: str) -> bool:

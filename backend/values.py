@@ -73,7 +73,7 @@ class Message:
     headers: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "Message":
+    def from_doc(cls, doc: dict[str, Any]) -> Message:
         return cls(
             id=doc["_id"],
             actor=doc["actor"],
@@ -105,7 +105,7 @@ class Envelope:
         return {"id": self.id, "actor": self.actor, "seq": self.seq, "event": self.event, "lane": self.lane}
 
     @classmethod
-    def from_wire(cls, data: Any) -> "Envelope":
+    def from_wire(cls, data: Any) -> Envelope:
         """Raises ValueError on anything that is not an envelope we wrote."""
         if not isinstance(data, dict):
             raise ValueError("envelope is not a JSON object")

@@ -40,6 +40,7 @@ def run(opts: Options) -> Table:
             ids = backend.emit_event("bench.console", {"hello": "world"})
             for mid in ids[:BLOCKED]:  # failed as a connector would fail them: the actor blocks
                 held = backend.ledger.claim(backend.ledger.message(mid), "bench", 30)
+                assert held is not None
                 backend.ledger.settle(held, "bench", ErrorInfo("BenchError", "blocked for the benchmark"))
             mgmt = RabbitAPI.from_settings(settings)
             app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,

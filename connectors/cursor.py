@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from backend.lanes import reserved_at
 from backend.ledger import Ledger, as_aware
@@ -101,7 +102,7 @@ class LaneCursor:
         self.unfolded.append(doc)
         self._docs.pop(doc["seq"], None)
         self._gap_seen.pop(doc["seq"], None)
-        self.pos += 1
+        self.pos = doc["seq"] + 1
         if len(self.unfolded) >= FOLD_EVERY:
             self.fold()
 
@@ -161,7 +162,7 @@ class LaneCursor:
         now = self.ledger.now()
         upto = top_then if now_mono - first_seen >= grace else 0
         at, _exact = reserved_at(lane, seq)
-        if at is not None and now - as_aware(at) >= timedelta(seconds=grace):  # type: ignore[operator]
+        if at is not None and now - as_aware(at) >= timedelta(seconds=grace):
             # Reserved (at the latest) `at`: it and every number reserved as long ago can close.
             upto = max(upto, seq, self._reserved_before(lane, now - timedelta(seconds=grace)))
         if upto < seq:

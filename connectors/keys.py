@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from backend import transitions as tr
+from backend.lanes import Tally
 from backend.ledger import scope_key
 from connectors.steps import Step
 
@@ -34,7 +35,7 @@ def _has_entry(lane_doc: dict[str, Any], key: str) -> bool:
 
 
 class KeyGate:
-    def __init__(self, worker: "LaneWorker") -> None:
+    def __init__(self, worker: LaneWorker) -> None:
         self.w = worker
 
     def front(self, doc: dict[str, Any]) -> Step:
@@ -85,37 +86,45 @@ class KeyGate:
             keys.setdefault(e["k"], []).append(e["s"])
         moved = False
         for key, seqs in keys.items():
-            for seq in seqs:
-                doc = docs.get(seq)
-                if doc is None:  # gone from the ledger (removed by hand): nothing to wait for
-                    log.error("actor=%s lane=%d custody entry %d of key %r has no message: released", w.actor, w.lane, seq, key)
-                    w.ledger.lanes.release(lane["_id"], seq, _empty_tally())
-                    moved = True
-                    continue
-                if tr.is_final(doc["status"]):
-                    if w.ledger.release_custody(lane["_id"], doc) is not None:
-                        log.info("actor=%s message=%s seq=%d left the custody of key %r (%s)", w.actor, doc["_id"], seq, key, doc["status"])
-                    moved = True
-                    continue
-                if tr.is_failed(doc["status"]) and not doc.get("replay_requested"):
-                    break  # the key waits for its operator
-                if tr.is_processing(doc["status"]) and w.other_live_claim(doc):
-                    break  # another replica is running it
-                if not w.may_run():
-                    return moved
-                if tr.is_failed(doc["status"]):
-                    log.info("actor=%s message=%s replaying for key %r (requested by %s)", w.actor, doc["_id"], key,
-                             (doc.get("replay_requested") or {}).get("by"))
-                step, settled = w.run_custody(doc)
-                moved = True
-                if settled is None:
-                    break  # failed again, lost, or stopped: the key stays blocked
-                w.ledger.release_custody(lane["_id"], settled)
-            else:
-                log.info("actor=%s key %r released", w.actor, key)
+            key_moved, go_on = self._resume_key(lane["_id"], key, seqs, docs)
+            moved = moved or key_moved
+            if not go_on:
+                break
         if moved:
             cursor.refresh_lane()
         return moved
+
+    def _resume_key(self, lane_id: str, key: str, seqs: list[int], docs: dict[int, dict[str, Any]]) -> tuple[bool, bool]:
+        """One key's custody, lowest entry first. Returns (anything moved, go on with other keys)."""
+        w = self.w
+        moved = False
+        for seq in seqs:
+            doc = docs.get(seq)
+            if doc is None:  # gone from the ledger (removed by hand): nothing to wait for
+                log.error("actor=%s lane=%d custody entry %d of key %r has no message: released", w.actor, w.lane, seq, key)
+                w.ledger.lanes.release(lane_id, seq, Tally())
+                moved = True
+                continue
+            status = doc["status"]
+            if tr.is_final(status):
+                if w.ledger.release_custody(lane_id, doc) is not None:
+                    log.info("actor=%s message=%s seq=%d left the custody of key %r (%s)", w.actor, doc["_id"], seq, key, status)
+                moved = True
+                continue
+            if (tr.is_failed(status) and not doc.get("replay_requested")) or (tr.is_processing(status) and w.other_live_claim(doc)):
+                return moved, True  # the key waits for its operator, or for another replica's attempt
+            if not w.may_run():
+                return moved, False
+            if tr.is_failed(status):
+                log.info("actor=%s message=%s replaying for key %r (requested by %s)", w.actor, doc["_id"], key,
+                         (doc.get("replay_requested") or {}).get("by"))
+            settled = w.run_custody(doc)
+            moved = True
+            if settled is None:
+                return moved, True  # failed again, lost, or stopped: the key stays blocked
+            w.ledger.release_custody(lane_id, settled)
+        log.info("actor=%s key %r released", w.actor, key)
+        return moved, True
 
     def resumable(self) -> bool:
         """Is there custody work a drain run should do, or wait for (a claim whose owner died
@@ -137,8 +146,3 @@ class KeyGate:
                 return True  # ours to take over once its lease ends, or another replica's to finish
         return False
 
-
-def _empty_tally() -> Any:
-    from backend.lanes import Tally
-
-    return Tally()

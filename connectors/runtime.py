@@ -12,7 +12,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from backend.errors import FifoqError, UnknownActor
 from backend.ledger import Ledger
@@ -22,7 +23,7 @@ from connectors.worker import RECONNECT_BACKOFF, LaneWorker, WorkerStats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Runtime", "LaneWorker", "WorkerStats"]
+__all__ = ["LaneWorker", "Runtime", "WorkerStats"]
 
 
 class ActorStates:
@@ -77,7 +78,7 @@ class Runtime:
         self.workers: dict[str, LaneWorker] = {}
         self.threads: list[threading.Thread] = []
 
-    def start(self, drain: bool = False) -> "Runtime":
+    def start(self, drain: bool = False) -> Runtime:
         for actor in self.actors:
             reg = self.registry.get(actor)
             try:

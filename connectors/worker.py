@@ -61,7 +61,7 @@ class WorkerStats:
 class LaneWorker:
     """See the module docstring. Used from its own thread."""
 
-    def __init__(self, runtime: "Runtime", registration: Registration, lane: int = 0) -> None:
+    def __init__(self, runtime: Runtime, registration: Registration, lane: int = 0) -> None:
         self.rt = runtime
         self.reg = registration
         self.actor = registration.actor
@@ -165,7 +165,7 @@ class LaneWorker:
                     failures = self._back_off(failures, "broker unavailable", exc)
                 except FifoqError as exc:  # the ledger is down: hold everything, retry
                     failures = self._back_off(failures, "ledger unavailable", exc)
-                except Exception as exc:  # noqa: BLE001 - a worker never dies silently
+                except Exception as exc:
                     self.stats.errors += 1
                     log.exception("actor=%s unexpected error in the worker (recorded on the lane): %s", self.name, exc)
                     self._record_error(exc)
@@ -274,9 +274,7 @@ class LaneWorker:
                 break
         if self.cursor.ensure() > env.seq:
             consumer.ack(delivery.tag)
-            self._current = None
-            if not consumer.buffered():
-                self.cursor.fold()
+            self._current = None  # the watermark follows every FOLD_EVERY messages, and when idle
             return
         if step is Step.WAIT:
             # Keep the deliveries and look again after a pause, on the open connection: the
@@ -452,31 +450,30 @@ class LaneWorker:
                 if self.runner.lost:
                     return False
 
-    def run_custody(self, doc: dict[str, Any]) -> tuple[Step, dict[str, Any] | None]:
-        """Run a message of a key's custody; returns (step, the settled document if it is done)."""
+    def run_custody(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Run a message of a key's custody; returns its settled document if it is done, None if it
+        failed again, was taken over, or was given back (paused, stopping)."""
         with correlation(doc.get("correlation_id")):
             return self._run_custody(doc)
 
-    def _run_custody(self, doc: dict[str, Any]) -> tuple[Step, dict[str, Any] | None]:
+    def _run_custody(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         got = self.ledger.claim(doc, self.owner, self.settings.claim_lease)
         if got is None:
-            return Step.CONTINUE, None
+            return None
         ended, got, err = self._call(got)
-        if ended is None:
-            return Step.STOPPED, None
-        if ended is Ended.LOST:
-            return Step.CONTINUE, None
+        if ended is None or ended is Ended.LOST:
+            return None
         if ended is Ended.SUCCEEDED:
             if not self._settle(got, None):
-                return Step.CONTINUE, None
+                return None
             self.stats.processed += 1
             self.stats.from_ledger += 1
             self._notify("done", got, self.stats.latencies[-1] if self.stats.latencies else 0.0)
-            return Step.PASSED, settled_copy(got)
+            return settled_copy(got)
         assert err is not None
         if self._settle(got, err):
             self._log_failure(got, err)
-        return Step.PASSED, None
+        return None
 
     def _log_failure(self, doc: dict[str, Any], err: ErrorInfo) -> None:
         self.stats.failed += 1
@@ -488,7 +485,7 @@ class LaneWorker:
     def _notify(self, kind: str, doc: dict[str, Any], seconds: float) -> None:
         try:
             self.rt.on_event(kind, self.actor, doc, seconds)
-        except Exception:  # noqa: BLE001 - a broken hook must not stop the actor
+        except Exception:
             log.exception("actor=%s message=%s on_event hook failed", self.name, doc["_id"])
 
     # -- idle: drain end, sweep ------------------------------------------------------------

@@ -35,6 +35,8 @@ from backend.settings import Settings
 from backend.store import Store
 from tests.helpers import CLOSED_PORT_URL, PASSWORD, PAYMENT_SCHEMA, XSS, Blocked, Recorder, fails_on_negative, login, make_app
 
+pytest_plugins = ["tests.failure_fixtures"]  # the failures board's incident fixture
+
 API_URL = os.environ.get("RABBITMQ_API_URL", "http://127.0.0.1:15672").rstrip("/")
 API_AUTH = (os.environ.get("RABBITMQ_API_USER", "guest"), os.environ.get("RABBITMQ_API_PASSWORD", "guest"))
 

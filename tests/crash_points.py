@@ -22,8 +22,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from backend.app import Backend
 from backend.audit import AuditLog
@@ -119,7 +120,7 @@ class World:
                 emitter.close()
             except ProcessCrash:
                 pass
-        for (_n, _p, key), got in zip(events, ids):
+        for (_n, _p, key), got in zip(events, ids, strict=True):
             self.returned[key] = got
         return ids
 
@@ -204,7 +205,7 @@ def run_point(base: Settings, flavor: str, sc: Scenario, plan: FaultPlan) -> Wor
             sc.phase(world, plan)
         except ProcessCrash:
             pass
-        except Exception:  # noqa: BLE001 - the injected error surfaced to the caller: the user retries
+        except Exception:
             if not plan.hit:
                 raise
         sc.recover(world)

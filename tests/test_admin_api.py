@@ -107,9 +107,8 @@ def test_admin_api_consistency_flags_messages_missing_from_the_broker(backend: B
     outlasted the statistics' lag and the persistence time (short here)."""
     import requests
 
-    from tests.helpers import login, make_app
     from tests.conftest import API_AUTH, API_URL
-    from tests.helpers import wait_for
+    from tests.helpers import login, make_app, wait_for
 
     viewer = make_app(backend, ADMIN_ALERT_PERSIST_SECONDS="2", ADMIN_BROKER_STATS_LAG_SECONDS="1").test_client()
     assert login(viewer, "vera").status_code == 302

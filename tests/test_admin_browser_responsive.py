@@ -12,9 +12,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from playwright import sync_api as playwright_api
@@ -22,9 +23,8 @@ from playwright import sync_api as playwright_api
 from admin import timefmt
 from admin.users import UserStore
 from backend.app import Backend
-from tests.helpers import Blocked, PASSWORD
-from tests.helpers import wait_for
 from tests.conftest import CHROMIUM
+from tests.helpers import PASSWORD, Blocked, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -240,7 +240,7 @@ def test_admin_browser_times_are_utc_whatever_the_browsers_zone(backend: Backend
              timeout=10, interval=0.2, what="the chart's legend to show the time under the cursor")
     shown = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d):\d\d UTC", legend.inner_text()).group(1)
     now_utc = datetime.now(timezone.utc)
-    assert shown in {(now_utc - timedelta(minutes=m)).strftime("%Y-%m-%d %H:%M") for m in range(0, 3)}
+    assert shown in {(now_utc - timedelta(minutes=m)).strftime("%Y-%m-%d %H:%M") for m in range(3)}
 
 
 def test_admin_browser_overview_during_an_incident_with_traffic_shows_no_divergence(

@@ -10,14 +10,7 @@ from flask.testing import FlaskClient
 
 from admin import timefmt
 from backend.app import Backend
-    Blocked,
-    admin_client,
-    app,
-    blocked,
-    operator,
-    users,
-    viewer,
-)
+from tests.helpers import Blocked
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 AT = datetime(2024, 5, 1, 12, 34, 56, 789000, tzinfo=timezone.utc)

@@ -15,8 +15,7 @@ from flask.testing import FlaskClient
 from admin.notifier import Notifier, NotifierCollector
 from admin.notify_settings import NotifySettings
 from backend.app import Backend
-from tests.helpers import Blocked
-from tests.helpers import wait_for
+from tests.helpers import Blocked, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "docker/prometheus/rules/fifoq.yml"

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pika
 import pytest
@@ -452,7 +453,7 @@ def test_availability_d_two_nodes_down_emit_returns_and_messages_wait_in_the_led
     sc.start_runtime()
     sc.emit(250)
     wait_for(lambda: sc.done_count() == 250, timeout=60, what="first 250 processed")
-    leader, conns = placement(healthy, sc)
+    leader, _conns = placement(healthy, sc)
     down = [n for n in NODES if n != leader]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(healthy.kill, down))
@@ -484,7 +485,8 @@ def test_availability_d_two_nodes_down_emit_returns_and_messages_wait_in_the_led
 
 
 # -- (e) a connector killed mid-handler while a node is down ---------------------------------------
-def test_availability_e_connector_killed_mid_handler_while_a_node_is_down(healthy: Cluster, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_availability_e_connector_killed_mid_handler_while_a_node_is_down(
+        healthy: Cluster, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     settings = make_settings()
     backend = Backend(settings)
     backend.subscriptions.subscribe("ledgerbook", "book")

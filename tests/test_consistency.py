@@ -13,14 +13,13 @@ from flask.testing import FlaskClient
 
 from admin.alerts import AlertRules, Rule, evaluate
 from admin.consistency import consistency
-from admin.watch import COLLECTION, Watch
 from admin.users import UserStore
+from admin.watch import COLLECTION, Watch
 from backend.app import Backend
 from backend.ledger import utcnow
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.helpers import Blocked, login, make_app
-from tests.helpers import Recorder, wait_for
+from tests.helpers import Blocked, Recorder, login, make_app, wait_for
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=utcnow().tzinfo)
 

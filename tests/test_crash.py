@@ -1,6 +1,7 @@
 """Connector processes killed with SIGKILL, and several replicas of one connector."""
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -8,8 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_crash_sigkill_five_times_loses_nothing_reorders_nothing_applies_nothing
     for _ in range(5):
         proc = shared["start"]("crashy")
         before = shared["query"]("SELECT COUNT(*) FROM effects")[0][0]
-        wait_for(lambda: shared["query"]("SELECT COUNT(*) FROM effects")[0][0] > before, timeout=60, what="progress")
+        wait_for(lambda before=before: shared["query"]("SELECT COUNT(*) FROM effects")[0][0] > before, timeout=60, what="progress")
         time.sleep(rng.uniform(0.05, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -145,9 +146,9 @@ def test_crash_two_replicas_one_at_a_time_and_failover_keeps_order(backend: Back
     assert active_pid in pids and len(pids) == 2, "both replicas must have processed (before and after the kill)"
     # one processes at a time: completed calls never overlap in time
     done = [(s, e) for _, s, e in calls if e is not None]
-    assert all(b[0] >= a[1] for a, b in zip(done, done[1:]))
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(done))
     # after the failover only the surviving replica works
-    survivor = [p for p in pids if p != active_pid][0]
+    survivor = next(p for p in pids if p != active_pid)
     kill_time = max(s for p, s, _ in calls if p == active_pid)
     assert all(p == survivor for p, s, _ in calls if s > kill_time)
 
@@ -168,7 +169,7 @@ def test_crash_sigkill_keeps_per_key_order_across_lanes(backend: Backend, shared
     for _ in range(3):
         proc = shared["start"]("keyed")
         before = count()
-        wait_for(lambda: count() > before, timeout=60, what="progress")
+        wait_for(lambda before=before: count() > before, timeout=60, what="progress")
         time.sleep(rng.uniform(0.05, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -191,7 +192,8 @@ def test_crash_sigkill_during_a_replay_blocks_again_and_the_operator_can_act(bac
     first = backend.emit_event("pay", {"bad": True})[0]
     backend.emit_many([("pay", {"n": 2}), ("pay", {"n": 3})])
     proc = shared["start"]("replayer")
-    wait_for(lambda: (backend.ledger.actor("replayer").get("blocked") or {}).get("message_id") == first, timeout=60, what="blocked on the bad message")
+    wait_for(lambda: (backend.ledger.actor("replayer").get("blocked") or {}).get("message_id") == first,
+             timeout=60, what="blocked on the bad message")
     # the operator fixes the data, but the external system hangs during the replay: SIGKILL
     backend.operations.edit(first, {"slow": True}, by="op")
     backend.operations.replay(first, by="op")

@@ -2,6 +2,7 @@
 with stale knowledge, drain runs beside a live consumer, gaps, late declarations, refusals."""
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -105,7 +106,7 @@ def test_standby_does_not_run_a_message_a_cut_off_active_replica_is_still_runnin
         first.stop()
         second.stop()
     assert [seq for seq, _, _ in line.calls] == [1, 2, 3, 4, 5, 6]
-    assert all(b[1] >= a[2] for a, b in zip(line.calls, line.calls[1:])), "two calls overlapped"
+    assert all(b[1] >= a[2] for a, b in itertools.pairwise(line.calls)), "two calls overlapped"
     assert backend.ledger.status_counts("payment") == {"payment": {"done": 6}}
 
 
@@ -192,7 +193,8 @@ def test_emit_stores_the_messages_when_the_broker_refuses_the_queue(backend: Bac
     # a queue of the same name already exists with other arguments: the declaration is refused
     vhost = quote(unquote(urlsplit(backend.settings.amqp_urls[0]).path[1:]) or "/", safe="")
     name = backend.settings.queue_name("payment")
-    requests.put(f"{API_URL}/api/queues/{vhost}/{quote(name, safe='')}", auth=API_AUTH, json={"durable": True, "arguments": {"x-queue-type": "classic"}}, timeout=10).raise_for_status()
+    requests.put(f"{API_URL}/api/queues/{vhost}/{quote(name, safe='')}", auth=API_AUTH,
+                 json={"durable": True, "arguments": {"x-queue-type": "classic"}}, timeout=10).raise_for_status()
     backend.subscriptions.subscribe("payment", "x")
     ids = backend.emit_event("x", {"i": 1})
     assert len(ids) == 1

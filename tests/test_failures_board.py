@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from admin.failures import build_board, fingerprint, handler_frame, normalise_message
 from admin.releases import ReleasePlans
 from backend.app import Backend
+from tests.failure_fixtures import ADD_CURRENCY, Incident, book
 from tests.helpers import csrf_token_from, login
-from tests.failure_fixtures import ADD_CURRENCY, Incident, book, incident  # noqa: F401  (fixture)
 
 
 def _group(client: FlaskClient) -> dict:
@@ -316,7 +316,7 @@ def test_failures_release_poll_setting_is_validated_and_zero_drives_nothing(back
         stop.set()
 
 
-def test_failures_release_can_be_aborted_once(backend: Backend, incident: Incident, app, operator: FlaskClient,  # noqa: F811
+def test_failures_release_can_be_aborted_once(backend: Backend, incident: Incident, app, operator: FlaskClient,
                                               viewer: FlaskClient) -> None:
     fp = _group(operator)["fingerprint"]
     plan_id = operator.post(f"/api/failures/{fp}/release", json={}).get_json()["_id"]

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from playwright import sync_api as playwright_api
 
 from backend.app import Backend
 from connectors.runtime import Runtime
-from tests.helpers import Blocked, PASSWORD
-from tests.failure_fixtures import ADD_CURRENCY, Incident, incident  # noqa: F401  (fixture)
-from tests.helpers import set_json_editor, wait_for
 from tests.conftest import CHROMIUM
+from tests.failure_fixtures import ADD_CURRENCY, Incident
+from tests.helpers import PASSWORD, Blocked, set_json_editor, wait_for
 
 pytestmark = pytest.mark.browser
 WIDTHS = {1280: 900, 390: 844}
@@ -78,7 +77,7 @@ def _group_fp(backend: Backend) -> str:
 
 
 def test_failures_browser_one_patch_fixes_a_group_over_three_actors_and_refuses_one(
-        backend: Backend, incident: Incident, console_url: str, page, tmp_path: Path) -> None:  # noqa: F811
+        backend: Backend, incident: Incident, console_url: str, page, tmp_path: Path) -> None:
     shots = _shots(tmp_path)
     _login(page, console_url, "/failures")
     card = page.locator("article.group")
@@ -122,7 +121,7 @@ def test_failures_browser_one_patch_fixes_a_group_over_three_actors_and_refuses_
 
 
 def test_failures_browser_canary_release_stops_on_failure_and_releases_after_success(
-        backend: Backend, incident: Incident, console_url: str, page, tmp_path: Path) -> None:  # noqa: F811
+        backend: Backend, incident: Incident, console_url: str, page, tmp_path: Path) -> None:
     shots = _shots(tmp_path)
     runtime = Runtime(backend.settings, backend.ledger, incident.provider.registry()).start()
     try:
@@ -180,7 +179,7 @@ def test_failures_browser_canary_release_stops_on_failure_and_releases_after_suc
         runtime.stop()
 
 
-def test_failures_browser_pages_show_a_drain_without_reload(backend: Backend, blocked: Blocked,  # noqa: F811
+def test_failures_browser_pages_show_a_drain_without_reload(backend: Backend, blocked: Blocked,
                                                             console_url: str, page, tmp_path: Path) -> None:
     shots = _shots(tmp_path)
     from connectors.registry import Registry
@@ -231,7 +230,7 @@ def test_failures_browser_pages_show_a_drain_without_reload(backend: Backend, bl
         runtime.stop()
 
 
-def test_failures_browser_trace_across_three_actors(backend: Backend, incident: Incident,  # noqa: F811
+def test_failures_browser_trace_across_three_actors(backend: Backend, incident: Incident,
                                                    console_url: str, page, tmp_path: Path) -> None:
     shots = _shots(tmp_path)
     _login(page, console_url, "/")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from contextlib import redirect_stdout
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -27,7 +27,7 @@ READ_WHOLE = {
 
 
 @pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Query]]:
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Query]:
     seen: list[Query] = []
     real_run = Cursor._run
 
@@ -39,13 +39,13 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Query]]:
     for what in ("find_one", "count_documents", "find_one_and_update", "update_one", "update_many", "delete_one", "delete_many"):
         real = getattr(Collection, what)
 
-        def wrapper(self: Collection, filter: Any = None, *args: Any, _real: Any = real, _what: str = what, **kw: Any) -> Any:  # noqa: A002
+        def wrapper(self: Collection, filter: Any = None, *args: Any, _real: Any = real, _what: str = what, **kw: Any) -> Any:
             sort = kw.get("sort") or []
             seen.append((self.name, _what, dict(filter or {}), list(sort)))
             return _real(self, filter, *args, **kw)
 
         monkeypatch.setattr(Collection, what, wrapper)
-    yield seen
+    return seen
 
 
 def _fields(flt: dict[str, Any]) -> tuple[set[str], bool]:
@@ -75,8 +75,8 @@ def served(indexes: dict[str, Any], flt: dict[str, Any], sort: list[tuple[str, i
         rest = keys[n:n + len(sort)]
         if len(rest) < len(sort) or [f for f, _ in rest] != [f for f, _ in sort]:
             continue
-        same = all(d == sd for (_, d), (_, sd) in zip(rest, sort))
-        reverse = all(d == -sd for (_, d), (_, sd) in zip(rest, sort))
+        same = all(d == sd for (_, d), (_, sd) in zip(rest, sort, strict=True))
+        reverse = all(d == -sd for (_, d), (_, sd) in zip(rest, sort, strict=True))
         if same or reverse:
             return name
     return None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,7 @@ from backend.errors import ConfigError
 from backend.ledger import utcnow
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.helpers import Blocked
-from tests.helpers import Recorder
+from tests.helpers import Blocked, Recorder
 
 SECRET = "s3cret-for-the-default-receiver"
 PAYMENT_SECRET = "another-secret-for-payment-only"
@@ -36,7 +36,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     fail = receiver.failures > 0

@@ -17,7 +17,7 @@ from backend.errors import DuplicateKey, OutcomeUnknown, StoreError
 from backend.lanes import Tally
 from backend.ledger import Ledger
 from backend.settings import Settings
-from backend.store import MONGOMOCK_VERSION, FaultPlan, ProcessCrash, Store, installed_mongomock_version, translate
+from backend.store import MONGOMOCK_VERSION, RETURN_AFTER, FaultPlan, ProcessCrash, Store, installed_mongomock_version, translate
 from backend.values import ErrorInfo
 from tests.conftest import ALL_FLAVORS
 
@@ -125,13 +125,48 @@ def test_store_contract_bulk_update_counts_what_it_modified(store: Store) -> Non
     assert [d["v"] for d in col.find({}).sort("_id", 1)] == [1, 0]
 
 
+def test_store_contract_updates_by_id_give_what_mongodb_gives(store: Store) -> None:
+    """The operators the ledger sends, on one document: the embedded store applies them in place
+    (its fast path), mongomock behind the MongoDB code path applies them its own way; both must
+    end with this document and these counts."""
+    from datetime import datetime, timedelta, timezone
+
+    col = store.col("u")
+    t0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    col.insert_one({"_id": "m", "status": "queued", "attempts": 0, "log": [], "custody": [{"s": 1, "k": "A"}, {"s": 2, "k": "B"}]})
+    r = col.update_one({"_id": "m", "status": "queued", "attempts": 0},
+                       {"$set": {"status": "processing", "owner": "w", "at": t0}, "$inc": {"attempts": 1, "counts.done": 2}})
+    assert (r.matched_count, r.modified_count) == (1, 1)
+    assert col.update_one({"_id": "m", "status": "queued"}, {"$set": {"status": "x"}}).matched_count == 0
+    assert col.update_one({"_id": "nope"}, {"$set": {"status": "x"}}).matched_count == 0
+    assert col.update_one({"_id": "m", "at": {"$lt": t0 + timedelta(seconds=1)}}, {"$min": {"since": t0}}).modified_count == 1
+    assert col.update_one({"_id": "m"}, {"$min": {"since": t0 + timedelta(hours=1)}}).modified_count == 0
+    for i in range(5):
+        col.update_one({"_id": "m"}, {"$push": {"log": {"$each": [{"i": i}], "$slice": -3}}})
+    after = col.find_one_and_update({"_id": "m"}, {"$pull": {"custody": {"s": 1}}, "$unset": {"owner": ""},
+                                                   "$inc": {"activity.2026-01-01T12:00.created": 1}},
+                                    return_document=RETURN_AFTER)
+    assert after == {"_id": "m", "status": "processing", "attempts": 1, "log": [{"i": 2}, {"i": 3}, {"i": 4}],
+                     "custody": [{"s": 2, "k": "B"}], "at": t0, "counts": {"done": 2}, "since": t0,
+                     "activity": {"2026-01-01T12:00": {"created": 1}}}
+    before = col.find_one_and_update({"_id": "m"}, {"$set": {"status": "done"}}, projection={"status": 1})
+    assert before == {"_id": "m", "status": "processing"}
+    assert col.find_one_and_update({"_id": "m", "status": "queued"}, {"$set": {"status": "x"}}) is None
+    assert col.update_one({"_id": "m"}, {"$pull": {"custody": {"s": 9}}}).modified_count == 0
+    assert col.find_one({"_id": "m"})["at"] == t0  # a datetime comes back aware, in UTC
+    col.insert_one({"_id": "p", "items": [{"state": "waiting"}, {"state": "waiting"}]})
+    assert col.update_one({"_id": "p"}, {"$set": {"items.1.state": "done"}}).modified_count == 1  # into an array
+    assert col.find_one({"_id": "p"})["items"] == [{"state": "waiting"}, {"state": "done"}]
+
+
 # -- errors: what MongoDB raises is mapped on purpose --------------------------------------------
 @pytest.mark.parametrize(
     ("error", "write", "expected"),
     [
         (mongo_errors.DuplicateKeyError("E11000", 11000), True, DuplicateKey),
         (mongo_errors.BulkWriteError({"writeErrors": [{"index": 2, "code": 11000, "errmsg": "dup"}], "nInserted": 2}), True, DuplicateKey),
-        (mongo_errors.BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]}), True, OutcomeUnknown),
+        (mongo_errors.BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "replication timed out"}]}),
+         True, OutcomeUnknown),
         (mongo_errors.BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "validation"}]}), True, StoreError),
         (mongo_errors.AutoReconnect("connection closed"), True, OutcomeUnknown),
         (mongo_errors.NotPrimaryError("not primary"), True, OutcomeUnknown),
