@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
+from backend import logs
 from backend.app import Backend
 from backend.settings import Settings
 from backend.store import Store
@@ -121,6 +122,16 @@ def backend(settings: Settings) -> Iterator[Backend]:
 @pytest.fixture(autouse=True)
 def _quiet_pika() -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _no_correlation_id() -> Iterator[None]:
+    """Each test starts outside any request: Flask's test client leaves a response it did not
+    close unclosed, and with it the request's correlation id bound (admin.correlation unbinds when
+    the server closes the answer), which later tests of this thread would log."""
+    token = logs.bind(None)
+    yield
+    logs.unbind(token)
 
 
 # -- the console ----------------------------------------------------------------------------------
