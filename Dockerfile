@@ -1,6 +1,8 @@
 # fifoq application image: the admin console, the connectors and the demo backend.
 #   docker build -t fifoq .
-#   docker run --rm fifoq                       # prints how to run each service
+#   docker run --rm -e ADMIN_SECRET_KEY=... -p 127.0.0.1:5000:5000 fifoq   # the console (gunicorn)
+#   docker run --rm fifoq python -m connectors run ACTOR [ACTOR...]      # connector workers
+#   docker run --rm fifoq python -m demo emit                            # the demo backend
 #   docker compose up -d                        # the whole production-like stack
 FROM python:3.11-slim
 
@@ -22,4 +24,10 @@ RUN pip install --no-deps . && chown -R fifoq:fifoq /app
 
 USER fifoq
 # `python -m demo` and `python -m bench` run from /app (the working directory is on sys.path).
-CMD ["python", "-c", "print('fifoq image. Run one of:\\n  python -m admin serve                      admin console on ADMIN_PORT (5000)\\n  python -m connectors run ACTOR [ACTOR...]   connector workers\\n  python -m demo emit                        demo backend emitting events\\nConfiguration: environment variables, see .env.example')"]
+# The default command is the admin console under gunicorn (admin/server.py: ADMIN_WORKERS,
+# ADMIN_THREADS, ADMIN_TIMEOUT; its log and access log on standard error), listening on every interface of
+# the container; the other services give their own command.
+ENV ADMIN_HOST=0.0.0.0 \
+    ADMIN_PORT=5000
+EXPOSE 5000
+CMD ["python", "-m", "admin", "serve"]

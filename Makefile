@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 LOCK := requirements-dev.lock
 PIP := $(VPY) -m pip --disable-pip-version-check
 
-.PHONY: help venv lock lint broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
+.PHONY: help venv lock lint broker tools chromium test demo compose cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
 
 help:
 	@echo "make venv          create .venv: the exact versions of requirements-dev.lock, then the project"
@@ -15,13 +15,14 @@ help:
 	@echo "make broker        make sure RabbitMQ with the management API is reachable"
 	@echo "make test          run the test suite (PYTEST_ADDOPTS is passed through)"
 	@echo "make demo          run the demo (prints the admin console URL)"
+	@echo "make compose       write the compose deployment's connectors, scrape targets and broker passwords from docker/actors.txt"
 	@echo "make cluster-up    start a local 3-node RabbitMQ cluster (ports 5681-5683)"
 	@echo "make cluster-down  stop it and delete its state"
 	@echo "make certs         generate a development CA and certificates in .certs/ (openssl)"
 	@echo "make tls-node-up   start a TLS-only RabbitMQ node (AMQPS 5691, HTTPS 15691) for the TLS tests"
 	@echo "make tls-node-down stop it and delete its state"
 	@echo "make bench         run the benchmarks (BENCH_ARGS=--quick for a smoke run; see docs/benchmarks.md)"
-	@echo "make clean         remove the venv, caches and cluster state"
+	@echo "make clean         remove the venv and caches; stop the local cluster and TLS node, delete their state"
 
 venv: $(VENV)/.stamp
 
@@ -62,6 +63,10 @@ test: venv broker tools chromium
 demo: venv broker
 	$(VPY) -m demo
 
+# docker/actors.txt -> docker-compose.actors*.yml, Prometheus targets, missing passwords in .env
+compose: venv
+	$(VPY) -m admin.deployment
+
 cluster-up:
 	@scripts/cluster.sh start
 
@@ -87,5 +92,5 @@ bench: venv broker
 clean:
 	-@scripts/cluster.sh stop >/dev/null 2>&1
 	-@scripts/tls_node.sh stop >/dev/null 2>&1
-	rm -rf $(VENV) .pytest_cache .cluster build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -18,7 +18,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from admin import auth, security, timefmt
+from admin import auth, security, throttle, timefmt
 from admin.config import AdminConfig
 from admin.correlation import CorrelationMiddleware
 from admin.rabbitmq_api import RabbitAPI
@@ -80,7 +80,8 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     if "MAX_CONTENT_LENGTH" not in config:
         app.config["MAX_CONTENT_LENGTH"] = security.body_limit(backend.settings.max_payload_bytes)
     auth.init_app(app)
-    security.init_app(app, env, app.extensions["fifoq_users"].store)
+    throttle.init_app(app, env, backend.settings, auth.login_throttled)
+    security.init_app(app)
     from admin import api, views  # here: the blueprints need the app's extensions at request time only
 
     app.register_blueprint(views.bp)

@@ -6,9 +6,21 @@ from typing import Any
 
 from admin.users import Role, User, UserStore
 from backend.audit import AuditEntry, AuditLog
-from backend.errors import NotFound, ValidationError
+from backend.errors import Conflict, NotFound, ValidationError
 
 log = logging.getLogger(__name__)
+
+
+def bootstrap_admin(users: UserStore, name: str, password: str) -> None:
+    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD (AdminConfig) when no user exists
+    yet (handy with the embedded store, whose data lives in the console's process). Every console
+    worker runs this at start: the one that loses the race finds the user there."""
+    if name and password and users.count() == 0:
+        try:
+            users.create(name, password, Role.ADMIN)
+        except Conflict:
+            return
+        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
 
 
 def create_user(users: UserStore, audit: AuditLog, by: str, name: Any, password: Any, role: Any) -> User:
@@ -21,13 +33,13 @@ def create_user(users: UserStore, audit: AuditLog, by: str, name: Any, password:
 
 def set_role(users: UserStore, audit: AuditLog, by: str, name: str, role: Any) -> User:
     new_role = Role.parse(role)
-    if name == by and new_role is not Role.ADMIN:
+    before = users.require(name)  # user names ignore case: before.name is how it is spelled
+    if before.name == by and new_role is not Role.ADMIN:
         raise ValidationError("you cannot remove your own admin role: ask another admin")
-    before = users.require(name)
-    user = users.set_role(name, new_role)
+    user = users.set_role(before.name, new_role)
     audit.record(AuditEntry(by, "user.role", changed=before.role is not new_role,
-                            details={"user": name, "role": new_role.value, "previous": before.role.value}))
-    log.info("user %s set the role of %s to %s", by, name, new_role.value)
+                            details={"user": before.name, "role": new_role.value, "previous": before.role.value}))
+    log.info("user %s set the role of %s to %s", by, before.name, new_role.value)
     return user
 
 
@@ -35,7 +47,8 @@ def create_token(users: UserStore, audit: AuditLog, by: str, name: str, label: A
     if label is None:
         label = ""
     token, record = users.create_token(name, label)
-    audit.record(AuditEntry(by, "token.create", details={"user": name, "token_id": record["_id"], "label": record["label"]}))
+    audit.record(AuditEntry(by, "token.create", details={"user": record["user"], "token_id": record["_id"],
+                                                          "label": record["label"]}))
     return token, record
 
 
@@ -48,16 +61,16 @@ def revoke_token(users: UserStore, audit: AuditLog, by: str, token_id: str) -> N
 def set_active(users: UserStore, audit: AuditLog, by: str, name: str, active: Any) -> User:
     if not isinstance(active, bool):
         raise ValidationError("active must be true or false")
-    if name == by and not active:
-        raise ValidationError("you cannot deactivate yourself: ask another admin")
     before = users.require(name)
-    user = users.set_active(name, active)
+    if before.name == by and not active:
+        raise ValidationError("you cannot deactivate yourself: ask another admin")
+    user = users.set_active(before.name, active)
     audit.record(AuditEntry(by, "user.activate" if active else "user.deactivate", changed=before.active != active,
-                            details={"user": name}))
+                            details={"user": before.name}))
     return user
 
 
 def reset_password(users: UserStore, audit: AuditLog, by: str, name: str, password: Any) -> None:
-    users.require(name)
-    users.set_password(name, password)
-    audit.record(AuditEntry(by, "user.password", details={"user": name}))
+    user = users.require(name)
+    users.set_password(user.name, password)
+    audit.record(AuditEntry(by, "user.password", details={"user": user.name}))

@@ -5,7 +5,8 @@
 - An API client sends `Authorization: Bearer fq_...`; no cookie, so no CSRF token is needed.
 - Every state-changing request authenticated by the session must carry a CSRF token (form field
   `csrf_token` or header `X-CSRFToken`).
-- Repeated failed logins are throttled per user name and per client address (admin.security).
+- Repeated failed logins are throttled per user name and client address, or trusted device
+  (admin.throttle).
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, abort, current_app, flash, g, jsonify, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
 
-from admin import security
+from admin import throttle
 from admin.users import Role, User, UserStore
 from backend.audit import AuditEntry
 from backend.errors import StoreError
@@ -155,36 +156,35 @@ def _shown(name: str) -> str:
     return repr(name[:64]) if users().get(name) is not None else f"an unknown user name ({len(name)} characters)"
 
 
+def login_throttled(name: str, wait: int) -> None:
+    """A login refused by the throttle (admin.throttle), before any password check."""
+    user = users().get(name)
+    log.warning("login throttled for %s from %s (retry in %ds)", _shown(name), request.remote_addr, wait)
+    # Only a real user name goes into the audit trail: people type passwords there.
+    _audit(user.name if user is not None else "(unknown)", "login.throttled",
+           address=request.remote_addr, retry_after=wait)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
+    """Failed logins (401) are throttled per user name and address, or trusted device: the view
+    is wrapped by admin.throttle, which answers 429 before it runs."""
     if request.method == "POST":
         name = request.form.get("username", "")
-        limiter = security.throttle()
-        wait = limiter.retry_after(name, request.remote_addr)
-        if wait:
-            # Refused before the password is even checked: guessing gains nothing while throttled.
-            log.warning("login throttled for %s from %s (retry in %ds)", _shown(name), request.remote_addr, wait)
-            # Only a real user name goes into the audit trail: people type passwords there.
-            _audit(name if users().get(name) is not None else "(unknown)", "login.throttled",
-                   address=request.remote_addr, retry_after=wait)
-            flash(f"Too many failed logins: try again in {wait} seconds.", "error")
-            resp = make_response(render_template("login.html", username=name), 429)
-            resp.headers["Retry-After"] = str(wait)
-            return resp
         user = users().authenticate(name, request.form.get("password", ""))
         if user is None:
-            limiter.failed(name, request.remote_addr)
             log.info("failed login for %s from %s", _shown(name), request.remote_addr)
             flash("Wrong user name or password.", "error")
             return render_template("login.html", username=name), 401
-        limiter.succeeded(name)
         session.clear()
         session.permanent = True  # PERMANENT_SESSION_LIFETIME applies
         session[SESSION_VERSION_KEY] = user.session_version
         login_user(user)
         log.info("user %s logged in from %s", user.name, request.remote_addr)
         _audit(user.name, "login", address=request.remote_addr)
-        return redirect(_safe_next(request.args.get("next")))
+        resp = redirect(_safe_next(request.args.get("next")))
+        throttle.remember_device(resp, user.name)
+        return resp
     return render_template("login.html", username="")
 
 

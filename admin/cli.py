@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from admin.config import AdminConfig
 from admin.users import Role, UserStore
 from backend.commandline import PORT, Group, check_port, run
 from backend.errors import ConfigError, ValidationError
@@ -29,30 +28,6 @@ def read_password(from_stdin: bool) -> str:
     if first != getpass.getpass("Password again: "):
         raise ValidationError("the two passwords differ")
     return first
-
-
-def bootstrap_admin(users: UserStore, name: str, password: str) -> None:
-    """Create a first admin from ADMIN_BOOTSTRAP_USER/PASSWORD when no user exists yet (handy with
-    the embedded store, whose data lives in the console's process)."""
-    if name and password and users.count() == 0:
-        users.create(name, password, Role.ADMIN)
-        log.warning("created the first admin %s from ADMIN_BOOTSTRAP_USER", name)
-
-
-def serve_console(host: str | None, port: int | None) -> None:
-    """Run the console until interrupted (ADMIN_HOST/ADMIN_PORT unless given)."""
-    from admin import create_app
-
-    cfg = AdminConfig.from_env()
-    host, port = host or cfg.host, port or cfg.port
-    check_port(host, port, "ADMIN_PORT or --port")
-    app = create_app()
-    bootstrap_admin(app.extensions["fifoq_users"], app.config["ADMIN"].bootstrap_user,
-                    app.config["ADMIN"].bootstrap_password)
-    log.info("serving the admin console on http://%s:%d", host, port)
-    # Werkzeug's server is fine for a handful of operators; put a WSGI server (gunicorn) in
-    # front for anything more: `gunicorn 'admin:create_app()'`.
-    app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 
 @click.group(cls=Group, name="admin")
@@ -86,9 +61,14 @@ def create_user(name: str, role: str, password_stdin: bool, allow_embedded: bool
 @cli.command()
 @click.option("--host", default=None, help="address to listen on (default: ADMIN_HOST, 127.0.0.1)")
 @click.option("--port", type=PORT, default=None, help="port (default: ADMIN_PORT, 5000)")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the console (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000)."""
-    serve_console(host, port)
+@click.option("--dev", is_flag=True, help="Werkzeug's development server instead of gunicorn (one process; "
+                                          "for development only)")
+def serve(host: str | None, port: int | None, dev: bool) -> int:
+    """Run the console under gunicorn (ADMIN_HOST/ADMIN_PORT, default 127.0.0.1:5000; ADMIN_WORKERS,
+    ADMIN_THREADS... see admin.server)."""
+    from admin import server
+
+    return server.run(host=host, port=port, dev=dev)
 
 
 @cli.command()

@@ -2,11 +2,13 @@
 it has succeeded; a canary that fails again stops the release and says why.
 
 A plan lives in its own collection (`release_plans`) so that it goes on when the operator closes
-the tab, and when the console restarts. Whatever serves the console advances the plans: each
-console process runs one ReleaseDriver thread (started with its first request, so also in every
-gunicorn worker, forked or not), which looks for plans due every ADMIN_RELEASE_POLL_SECONDS.
+the tab, and when the console restarts. The console advances the plans in one ReleaseDriver
+thread, a background job of admin.server (one per console whatever the number of gunicorn
+workers; `serve --dev` and the demo start it too), which looks for plans due every
+ADMIN_RELEASE_POLL_SECONDS.
 
-Several processes drive the same plans, and each step happens exactly once:
+Several processes (console replicas, a worker taking over from one that died) may drive the same
+plans, and each step happens exactly once:
 - a process works on a plan only under a lease it took with one conditional update (`lease_until`
   past, or free); the lease outlives any step by far, and a process that died holding it only
   delays the plan until the lease expires;
@@ -24,14 +26,19 @@ import socket
 import threading
 import uuid
 import weakref
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from flask import Flask
+
 from admin.failures import Group
+from admin.server import background
 from backend.app import Backend
 from backend.audit import AuditEntry
-from backend.errors import ConfigError, Conflict, NotFound, UnknownMessage, ValidationError
+from backend.errors import Conflict, NotFound, UnknownMessage, ValidationError
 from backend.ledger import utcnow
+from backend.settings import EnvSettings, setting
 from backend.store import ASCENDING, DESCENDING, RETURN_AFTER, Store
 from backend.values import Status
 
@@ -267,32 +274,24 @@ class ReleasePlans:
             details, release=plan["_id"], fingerprint=plan["fingerprint"])))
 
 
+class ReleaseSettings(EnvSettings):
+    # 0: this console drives no release (another one must).
+    poll_seconds: float = setting("ADMIN_RELEASE_POLL_SECONDS", DEFAULT_POLL_SECONDS, ge=0, le=60)
+
+
 class ReleaseDriver:
-    """One thread per console process advancing the plans; `ensure_started` is called on each
-    request and starts it in a process that has none (after a fork, the parent's thread is gone)."""
+    """Advances the plans every `interval` seconds while `run(stop)` runs (a console background job)."""
 
     def __init__(self, plans: ReleasePlans, interval: float) -> None:
         # Weak: the thread ends once its app is gone (tests build many apps in one process).
         self._plans = weakref.ref(plans)
         self.interval = interval
-        self.stop = threading.Event()
-        self._pid: int | None = None
-        self._lock = threading.Lock()
         self.owner = ""
 
-    def ensure_started(self) -> None:
-        if self.interval <= 0 or self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self.owner = process_owner()
-            threading.Thread(target=self._run, name="release-driver", daemon=True).start()
-            log.info("release driver %s started (every %.1fs)", self.owner, self.interval)
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
+    def run(self, stop: threading.Event) -> None:
+        self.owner = process_owner()
+        log.info("release driver %s started (every %.1fs)", self.owner, self.interval)
+        while not stop.wait(self.interval):
             plans = self._plans()
             if plans is None:
                 return
@@ -303,18 +302,13 @@ class ReleaseDriver:
             del plans
 
 
-def init_app(app: Any, env: Any, store: Store) -> None:
+def init_app(app: Flask, env: Mapping[str, str], store: Store) -> None:
     """Read ADMIN_RELEASE_POLL_SECONDS (ConfigError on a bad value), keep the plans and the driver
-    in the app's extensions, and start the driver with the process's first request."""
-    raw = str(env.get("ADMIN_RELEASE_POLL_SECONDS", "")).strip()
-    try:
-        interval = DEFAULT_POLL_SECONDS if not raw else float(raw)
-    except ValueError:
-        interval = -1.0
-    if not 0 <= interval <= 60:
-        raise ConfigError(f"ADMIN_RELEASE_POLL_SECONDS={raw!r} must be a number of seconds from 0 (off) to 60")
+    in the app's extensions, and register the driver as a background job of the console."""
+    cfg = ReleaseSettings.from_env(env)
     plans = ReleasePlans(app.extensions["fifoq"], store)
-    driver = ReleaseDriver(plans, interval)
+    driver = ReleaseDriver(plans, cfg.poll_seconds)
     app.extensions["fifoq_releases"] = plans
     app.extensions["fifoq_release_driver"] = driver
-    app.before_request(driver.ensure_started)
+    if cfg.poll_seconds > 0:
+        background(app, "release-driver", driver.run)

@@ -1,5 +1,9 @@
 """Console users and API tokens, kept in the `users` and `api_tokens` collections of the store.
 
+User names are unique without regard to case (`VIEWER1` cannot join `viewer1`) and looked up
+without regard to case (logging in as `Ada` is logging in as `ada`): each user document keeps its
+name as created in `_id` and its lower-case form in `name_key`, under a unique index.
+
 Passwords are hashed with werkzeug (scrypt/pbkdf2, salted). API tokens are random 256-bit secrets
 shown once; only their SHA-256 is stored (a fast hash is right for high-entropy secrets and keeps
 each API call cheap).
@@ -19,7 +23,7 @@ from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from backend.errors import Conflict, NotFound, ValidationError
+from backend.errors import ConfigError, Conflict, NotFound, ValidationError
 from backend.ledger import as_aware, utcnow
 from backend.store import ASCENDING, DuplicateKey, Store
 
@@ -119,12 +123,36 @@ def _token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def name_key(name: str) -> str:
+    return name.lower()
+
+
 class UserStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         with store.op() as db:
             db.api_tokens.create_index([("user", ASCENDING)], name="user")
             db.api_tokens.create_index([("created_at", ASCENDING)], name="created")  # the Users page's list
+            # Users created before names ignored case get their key now.
+            for doc in list(db.users.find({"name_key": {"$exists": False}}, {"_id": 1})):
+                db.users.update_one({"_id": doc["_id"]}, {"$set": {"name_key": name_key(str(doc["_id"]))}})
+        try:
+            with store.op() as db:
+                db.users.create_index([("name_key", ASCENDING)], name="name_key", unique=True)
+        except DuplicateKey:
+            raise ConfigError(f"console users differ only in case ({', '.join(self._case_clashes())}): "
+                              "user names ignore case now; rename or delete all but one of each") from None
+
+    def _case_clashes(self) -> list[str]:
+        with self.store.op() as db:
+            names = [str(d["_id"]) for d in db.users.find({}, {"_id": 1})]
+        seen: dict[str, list[str]] = {}
+        for name in names:
+            seen.setdefault(name_key(name), []).append(name)
+        return [" / ".join(group) for group in seen.values() if len(group) > 1]
+
+    def _filter(self, name: Any) -> dict[str, Any] | None:
+        return {"name_key": name_key(name)} if isinstance(name, str) else None
 
     # -- users ----------------------------------------------------------------------------
     def create(self, name: str, password: str, role: Role | str) -> User:
@@ -132,6 +160,7 @@ class UserStore:
         name, password, role = validate_name(name), validate_password(password), Role.parse(role)
         doc = {
             "_id": name,
+            "name_key": name_key(name),
             "password_hash": generate_password_hash(password),
             "role": role.value,
             "active": True,
@@ -142,15 +171,17 @@ class UserStore:
             with self.store.op() as db:
                 db.users.insert_one(doc)
         except DuplicateKey:
-            raise Conflict(f"user {name!r} already exists") from None
+            raise Conflict(f"user {name!r} already exists (user names ignore case)") from None
         log.info("user %s created with role %s", name, role.value)
         return User.from_doc(doc)
 
     def get(self, name: str) -> User | None:
-        if not isinstance(name, str):
+        """The user of that name, whatever its case; None when there is none."""
+        query = self._filter(name)
+        if query is None:
             return None
         with self.store.op() as db:
-            doc = db.users.find_one({"_id": name}, {"password_hash": 0})
+            doc = db.users.find_one(query, {"password_hash": 0})
         return User.from_doc(doc) if doc else None
 
     def require(self, name: str) -> User:
@@ -175,7 +206,7 @@ class UserStore:
         if not isinstance(name, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
             return None
         with self.store.op() as db:
-            doc = db.users.find_one({"_id": name})
+            doc = db.users.find_one({"name_key": name_key(name)})
         if doc is None:
             # Spend the same time as a real check so that timing does not reveal which names exist.
             check_password_hash(_DUMMY_HASH, password)
@@ -187,7 +218,7 @@ class UserStore:
     def set_role(self, name: str, role: Role | str) -> User:
         role = Role.parse(role)
         with self.store.op() as db:
-            res = db.users.update_one({"_id": name}, {"$set": {"role": role.value}})
+            res = db.users.update_one({"name_key": name_key(name)}, {"$set": {"role": role.value}})
         if res.matched_count == 0:
             raise UnknownUser(f"unknown user {name!r}")
         return self.require(name)
@@ -195,7 +226,7 @@ class UserStore:
     def set_password(self, name: str, password: str) -> None:
         password = validate_password(password)
         with self.store.op() as db:
-            res = db.users.update_one({"_id": name}, {"$set": {"password_hash": generate_password_hash(password)},
+            res = db.users.update_one({"name_key": name_key(name)}, {"$set": {"password_hash": generate_password_hash(password)},
                                                       "$inc": {"session_version": 1}})
         if res.matched_count == 0:
             raise UnknownUser(f"unknown user {name!r}")
@@ -203,12 +234,12 @@ class UserStore:
     def end_sessions(self, name: str) -> None:
         """Invalidates every session cookie issued to the user so far (logout everywhere)."""
         with self.store.op() as db:
-            db.users.update_one({"_id": name}, {"$inc": {"session_version": 1}})
+            db.users.update_one({"name_key": name_key(name)}, {"$inc": {"session_version": 1}})
 
     def set_active(self, name: str, active: bool) -> User:
         """A deactivated user can neither log in nor use a token; open sessions end at the next request."""
         with self.store.op() as db:
-            res = db.users.update_one({"_id": name}, {"$set": {"active": bool(active)}})
+            res = db.users.update_one({"name_key": name_key(name)}, {"$set": {"active": bool(active)}})
         if res.matched_count == 0:
             raise UnknownUser(f"unknown user {name!r}")
         return self.require(name)
@@ -216,7 +247,7 @@ class UserStore:
     # -- API tokens -----------------------------------------------------------------------
     def create_token(self, name: str, label: str = "") -> tuple[str, dict[str, Any]]:
         """Returns (the token, shown once, and its stored record without the hash)."""
-        self.require(name)
+        name = self.require(name).name
         if not isinstance(label, str) or len(label) > MAX_LABEL:
             raise ValidationError(f"token label must be text of at most {MAX_LABEL} characters")
         token_id = uuid.uuid4().hex[:12]
@@ -230,7 +261,8 @@ class UserStore:
 
     def tokens(self, name: str | None = None) -> list[dict[str, Any]]:
         """Tokens (without their hash), with `last_used_at` (None: never used)."""
-        query = {} if name is None else {"user": name}
+        user = self.get(name) if name is not None else None
+        query = {} if name is None else {"user": user.name if user is not None else name}
         with self.store.op() as db:
             rows = list(db.api_tokens.find(query, {"hash": 0}).sort("created_at", ASCENDING))
         for row in rows:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def open_ledger(settings: Settings) -> Ledger:
     """The ledger a connector process uses: MongoDB, the in-process store, or an embedded ledger
-    served by another process (MONGODB_URL=embedded://HOST:PORT, see backend.ledger_server)."""
+    served by another process (MONGODB_URL=embedded://..., see backend.ledger_server)."""
     if settings.mongodb_url.startswith("embedded://"):
         from backend import ledger_server
 

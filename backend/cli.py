@@ -10,7 +10,7 @@
     fifoq relay [--once]                 # publish what the broker did not confirm (and apply retention)
     fifoq sweep [--older-than SECONDS]   # remove settled messages past FIFOQ_RETENTION, once
     fifoq archive --out FILE.jsonl       # ... exporting them to JSON lines first
-    fifoq ledger-server [--port N]       # share the embedded ledger with other processes
+    fifoq ledger-server [--socket PATH | --port N]   # share the embedded ledger (this user only)
 
 `python -m backend ...` is the same. Errors print one line on stderr and exit non-zero (2: bad
 input, 1: system unavailable); see backend.commandline.
@@ -30,7 +30,7 @@ import click
 
 from backend.app import Backend
 from backend.commandline import PORT_OR_ANY, Group, Seconds, run
-from backend.errors import ConfigError, ValidationError
+from backend.errors import ValidationError
 from backend.ledger import run_state
 from backend.settings import Settings
 
@@ -272,26 +272,39 @@ def archive(session: _Session, path: str, older_than: float | None) -> None:
 
 
 @cli.command("ledger-server")
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=PORT_OR_ANY, default=27500, show_default=True, help="port (0: any free port)")
+@click.option("--socket", "socket_path", default=None, type=click.Path(dir_okay=False),
+              help="Unix socket (default: ledger.sock in $XDG_RUNTIME_DIR/fifoq or /tmp/fifoq-UID, a directory "
+                   "private to this user)")
+@click.option("--port", type=PORT_OR_ANY, default=None,
+              help="listen on TCP instead (0: any free port), with a key file written at each start")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="with --port: a loopback address unless --allow-remote")
+@click.option("--key-file", default=None, type=click.Path(dir_okay=False),
+              help="with --port: where to write the key (default: ledger-PORT.key beside the default socket)")
+@click.option("--allow-remote", is_flag=True, help="with --port: accept a non-loopback --host")
 @pass_session
-def ledger_server_command(session: _Session, host: str, port: int) -> None:
-    """Serve the embedded ledger to other processes (development)."""
+def ledger_server_command(session: _Session, socket_path: str | None, port: int | None, host: str,
+                          key_file: str | None, allow_remote: bool) -> None:
+    """Serve the embedded ledger to this user's other processes (development)."""
     from backend import ledger_server
 
     settings = session.settings
     if settings.mongodb_url and not settings.mongodb_url.startswith("mongomock://"):
         raise ValidationError("ledger-server serves the embedded store: unset MONGODB_URL")
+    if port is None and (key_file or allow_remote):
+        raise click.UsageError("--key-file and --allow-remote go with --port (a Unix socket needs no key)")
+    if port is not None and socket_path:
+        raise click.UsageError("--socket and --port exclude each other")
+    where = None if port is not None else (socket_path or ledger_server.default_socket())
     be = session.backend
-    try:
-        server, url = ledger_server.serve(be.ledger, host, port, be.audit)
-    except OSError as exc:
-        raise ConfigError(f"the ledger server cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    click.echo(f"embedded ledger at {url}: start other processes with MONGODB_URL={url}")
+    server, url = ledger_server.serve(be.ledger, host, port, be.audit, socket_path=where, key_file=key_file,
+                                      allow_remote=allow_remote)
+    key = f" and {ledger_server.KEY_FILE_ENV}={server.key_file}" if server.key is not None else ""
+    click.echo(f"embedded ledger at {url}: start other processes of this user with MONGODB_URL={url}{key}")
     try:
         _stop_on_signals().wait()
     finally:
-        server.stop_event.set()
+        server.stop()
 
 
 def _stop_on_signals() -> threading.Event:

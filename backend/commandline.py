@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import multiprocessing
 import socket
 import sys
 from collections.abc import Sequence
@@ -111,8 +110,6 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), BAD_INPUT
     if isinstance(exc, FifoqError):
         return str(exc), BAD_INPUT if exc.http_status < 500 else UNAVAILABLE
-    if isinstance(exc, multiprocessing.AuthenticationError):
-        return f"the embedded ledger server refused this process: wrong key ({exc})", BAD_INPUT
     if isinstance(exc, OSError):
         target = f" {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{target}", BAD_INPUT

@@ -14,8 +14,10 @@ A bad value raises ConfigError with one line naming the variable, which every co
 into `error: ...` and exit code 2.
 
 The groups: `Settings` (broker, ledger, queues and delivery: every process), `LogSettings`
-(backend.logs), `admin.config.AdminConfig`, `admin.alerts.AlertRules`,
-`admin.security.ThrottleConfig` and the demo's `demo.cli.DemoSettings`.
+(backend.logs), `backend.ledger_server.LedgerClientSettings`, `admin.config.AdminConfig`,
+`admin.alerts.AlertRules`, `admin.throttle.ThrottleConfig`, `admin.server.ServerConfig`,
+`admin.releases.ReleaseSettings`, the demo's `demo.cli.DemoSettings` and the benchmarks'
+`bench.common.BenchSettings`.
 """
 from __future__ import annotations
 

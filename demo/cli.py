@@ -193,6 +193,7 @@ def run(args: PlayOptions) -> int:
 
     from admin import create_app
     from admin.config import AdminConfig
+    from admin.server import start_background
     from connectors.examples import registry
     from connectors.runtime import Runtime
 
@@ -237,8 +238,10 @@ def run(args: PlayOptions) -> int:
     runtime.start()
     player = Player(backend, seed=args.seed, rate=args.rate, count=args.count)
     player.start()
+    # Werkzeug's server in a thread: the console must share this process's in-memory ledger.
     server_thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
     server_thread.start()
+    console_jobs = start_background(app)
     _banner(url, logins, settings, cfg.host)
     try:
         _wait(stop, args.duration)
@@ -246,6 +249,7 @@ def run(args: PlayOptions) -> int:
         log.info("stopping: player, connectors, relay, console")
         player.stop(SHUTDOWN_TIMEOUT_SECONDS)
         runtime.stop()
+        console_jobs.set()
         server.shutdown()
         backend.close()
     log.info("demo stopped after %d events", player.emitted)
@@ -278,7 +282,7 @@ def emit(args: PlayOptions, metrics_port: int | None = None, metrics_addr: str =
     if not settings.mongodb_url.startswith(("mongodb://", "mongodb+srv://", "embedded://")):
         raise ConfigError(
             "`python -m demo emit` needs MONGODB_URL shared with the connectors and the console (mongodb://..., "
-            "or embedded://HOST:PORT from `python -m backend ledger-server`); "
+            "or embedded://... from `python -m backend ledger-server`); "
             "`python -m demo` runs everything in one process on the embedded ledger"
         )
     _describe(settings)

@@ -13,15 +13,19 @@
 # Node N (1..3) is rmqN@$(hostname -s), AMQP on 568N, management on 1568N, Erlang
 # distribution on 2568N, all bound to 127.0.0.1. The Prometheus plugin is not enabled (its
 # fixed port 15692 would clash between nodes and with the machine's own broker).
-# State (config, data, logs, pid files) lives in $CLUSTER_DIR (default: .cluster at the repo
-# top). Nodes run as the `rabbitmq` user with HOME=/var/lib/rabbitmq so that they and the CLI
-# share one Erlang cookie; without root or sudo they run as the current user.
+# State (config, data, logs, pid files) lives in $CLUSTER_DIR (default: a `cluster` directory
+# outside the checkout, private to the user running the nodes: see state_root in
+# scripts/rmq_as_user.sh; `stop` deletes it). Nodes run as the `rabbitmq` user with
+# HOME=/var/lib/rabbitmq so that they and the CLI share one Erlang cookie; without root or sudo
+# they run as the current user.
 # Every node replicates to the same disk: this tests the loss of a node process, not of a host.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.cluster}
 RABBITMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+# shellcheck source=scripts/rmq_as_user.sh
+. "$ROOT/scripts/rmq_as_user.sh"
+CLUSTER_DIR=${CLUSTER_DIR:-$(state_root)/cluster}
 HOST=$(hostname -s)
 NODES=(1 2 3)
 # After a whole-cluster stop a node may wait for its peers (Mnesia: up to 10 x 30 s) at boot.
@@ -41,20 +45,11 @@ check_n() {
   case "${1:-}" in 1|2|3) ;; *) die "node number must be 1, 2 or 3 (got '${1:-}')";; esac
 }
 
-# shellcheck source=scripts/rmq_as_user.sh
-. "$ROOT/scripts/rmq_as_user.sh"
-
 node_pid() {
-  local f; f=$(pid_file "$1")
-  [ -s "$f" ] || return 1
-  local p; p=$(tr -dc 0-9 <"$f")
+  local p; p=$(read_state "$(pid_file "$1")" | tr -dc 0-9)
   [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
   # a stale pid file after a reboot could name an unrelated process: check it is this node
-  if [ -r "/proc/$p/environ" ]; then
-    tr '\0' '\n' <"/proc/$p/environ" | grep -q "^RABBITMQ_NODENAME=rmq$1@" || return 1
-  else
-    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q beam || return 1
-  fi
+  as_rmq cat "/proc/$p/environ" 2>/dev/null | tr '\0' '\n' | grep -q "^RABBITMQ_NODENAME=rmq$1@" || return 1
   echo "$p"
 }
 
@@ -64,12 +59,8 @@ require_rabbitmq() {
 }
 
 prepare_dirs() {
-  mkdir -p "$CLUSTER_DIR"
-  if [ ${#RUN_AS[@]} -gt 0 ]; then
-    chown rabbitmq: "$CLUSTER_DIR" 2>/dev/null || sudo -n chown rabbitmq: "$CLUSTER_DIR" 2>/dev/null || true
-    as_rmq test -w "$CLUSTER_DIR" ||
-      die "the rabbitmq user cannot write to $CLUSTER_DIR (a parent directory is private?): set CLUSTER_DIR to e.g. /tmp/fifoq-cluster"
-  fi
+  make_private_dir "$CLUSTER_DIR" ||
+    die "the user running the nodes ($(as_rmq id -un)) cannot create or write $CLUSTER_DIR: set CLUSTER_DIR to a directory it can write"
   as_rmq sh -c ': > "$1/rabbitmq-env.conf"' sh "$CLUSTER_DIR"   # isolate from /etc/rabbitmq/rabbitmq-env.conf
   local n d
   for n in "${NODES[@]}"; do
@@ -134,17 +125,16 @@ wait_node() {
 node_alive() {  # is a beam process of node N running (pid file written or not yet)?
   local p
   for p in $(pgrep -f 'beam.*rabbit boot' 2>/dev/null); do
-    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q "^RABBITMQ_NODENAME=rmq$1@" && return 0
+    as_rmq cat "/proc/$p/environ" 2>/dev/null | tr '\0' '\n' | grep -q "^RABBITMQ_NODENAME=rmq$1@" && return 0
   done
   return 1
 }
 
 log_tail() {  # the last lines of node N's logs
   local f
-  for f in "$(node_dir "$1")"/log/*.log; do
-    [ -f "$f" ] || continue
+  for f in $(as_rmq sh -c 'ls "$1"/log/*.log 2>/dev/null' sh "$(node_dir "$1")"); do
     echo "--- last lines of $f"
-    tail -n 40 "$f"
+    as_rmq tail -n 40 "$f"
   done
 }
 
@@ -196,7 +186,7 @@ cmd_start() {
 
 cmd_stop() {
   local n pids=()
-  if [ -d "$CLUSTER_DIR" ]; then
+  if as_rmq test -d "$CLUSTER_DIR"; then
     for n in "${NODES[@]}"; do
       if p=$(node_pid "$n"); then
         log "stopping $(node_name "$n") (pid $p)"
@@ -212,7 +202,7 @@ cmd_stop() {
       done
     done
     wait || true
-    rm -rf "$CLUSTER_DIR"
+    remove_state "$CLUSTER_DIR"
   fi
   log "stopped, state removed"
 }
@@ -228,7 +218,7 @@ cmd_kill() {
 cmd_start_node() {
   check_n "$1"
   require_rabbitmq
-  [ -d "$(node_dir "$1")/mnesia" ] || die "no state for node $1: run '$0 start' first"
+  as_rmq test -d "$(node_dir "$1")/mnesia" || die "no state for node $1: run '$0 start' first"
   local t0; t0=$(date +%s.%N)
   start_node_process "$1"
   wait_node "$1"

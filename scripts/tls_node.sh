@@ -10,16 +10,19 @@
 # (5672/15672/15692/25672) and of scripts/cluster.sh (568N/1568N/2568N).
 # AMQPS requires a client certificate signed by the development CA (mutual TLS); the management
 # API requires only HTTPS. Certificates come from scripts/gen_certs.sh ($CERTS_DIR, default
-# .certs) and are copied into the node's state directory ($TLS_NODE_DIR, default .certs/node),
-# so the rabbitmq user never needs to read the repository.
+# .certs) and are copied into the node's state directory ($TLS_NODE_DIR, default: a `tls-node`
+# directory outside the checkout, private to the user running the node, see state_root in
+# scripts/rmq_as_user.sh), so the rabbitmq user never needs to read the repository.
 # Nodes run as the rabbitmq user with HOME=/var/lib/rabbitmq (shared Erlang cookie), as in
 # scripts/cluster.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CERTS_DIR=${CERTS_DIR:-$ROOT/.certs}
-NODE_DIR=${TLS_NODE_DIR:-$CERTS_DIR/node}
 RABBITMQ_BIN=${RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+# shellcheck source=scripts/rmq_as_user.sh
+. "$ROOT/scripts/rmq_as_user.sh"
+NODE_DIR=${TLS_NODE_DIR:-$(state_root)/tls-node}
 HOST=$(hostname -s)
 NODE=rmqtls@$HOST
 AMQPS_PORT=${TLS_AMQPS_PORT:-5691}
@@ -31,22 +34,17 @@ PID_FILE=$NODE_DIR/rmqtls.pid
 log() { echo "tls_node: $*"; }
 die() { echo "tls_node: $*" >&2; exit 1; }
 
-# shellcheck source=scripts/rmq_as_user.sh
-. "$ROOT/scripts/rmq_as_user.sh"
-
 node_pid() {
-  [ -s "$PID_FILE" ] || return 1
-  local p; p=$(tr -dc 0-9 <"$PID_FILE")
+  local p; p=$(read_state "$PID_FILE" | tr -dc 0-9)
   [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
-  tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -q "^RABBITMQ_NODENAME=rmqtls@" || return 1
+  as_rmq cat "/proc/$p/environ" 2>/dev/null | tr '\0' '\n' | grep -q "^RABBITMQ_NODENAME=rmqtls@" || return 1
   echo "$p"
 }
 
 prepare() {
   "$ROOT/scripts/gen_certs.sh" >/dev/null
-  mkdir -p "$NODE_DIR"
-  [ ${#RUN_AS[@]} -gt 0 ] && chown rabbitmq: "$NODE_DIR" 2>/dev/null || true
-  as_rmq test -w "$NODE_DIR" || die "the rabbitmq user cannot write to $NODE_DIR: set TLS_NODE_DIR to e.g. /tmp/fifoq-tls-node"
+  make_private_dir "$NODE_DIR" ||
+    die "the user running the node ($(as_rmq id -un)) cannot create or write $NODE_DIR: set TLS_NODE_DIR to a directory it can write"
   as_rmq mkdir -p "$NODE_DIR/mnesia" "$NODE_DIR/log" "$NODE_DIR/tls"
   local f
   for f in ca.pem server.pem server.key; do
@@ -116,7 +114,7 @@ cmd_stop() {
       sleep 0.5
     done
   fi
-  rm -rf "$NODE_DIR"
+  remove_state "$NODE_DIR"
   log "stopped, state removed"
 }
 

@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import UserStore
+from backend import logs
 from backend.app import Backend
 from backend.settings import Settings
 from backend.store import Store
@@ -123,6 +124,16 @@ def backend(settings: Settings) -> Iterator[Backend]:
 @pytest.fixture(autouse=True)
 def _quiet_pika() -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _no_correlation_id() -> Iterator[None]:
+    """Each test starts outside any request: Flask's test client leaves a response it did not
+    close unclosed, and with it the request's correlation id bound (admin.correlation unbinds when
+    the server closes the answer), which later tests of this thread would log."""
+    token = logs.bind(None)
+    yield
+    logs.unbind(token)
 
 
 # -- the console ----------------------------------------------------------------------------------
@@ -221,12 +232,17 @@ def console_url(backend: Backend, users: UserStore) -> Iterator[str]:
     """The console (with CSRF) served by a real HTTP server on a free port."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, make_app(backend, csrf=True), threaded=True)
+    from admin.server import start_background
+
+    app = make_app(backend, csrf=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="admin-console", daemon=True)
     thread.start()
+    jobs = start_background(app)  # the staged-release driver, as `fifoq admin serve` runs it
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
+        jobs.set()
         server.shutdown()
         thread.join(timeout=10)
 

@@ -12,7 +12,7 @@ from admin.cli import main as cli_main
 from admin.config import AdminConfig
 from admin.users import Role, UserStore
 from backend.app import Backend
-from backend.errors import ConfigError
+from backend.errors import ConfigError, Conflict
 from tests.helpers import PASSWORD, Blocked, csrf_token_from, login, make_app
 
 
@@ -92,13 +92,15 @@ def test_admin_auth_password_change_invalidates_open_sessions(app: Flask, viewer
 
 
 def test_admin_auth_login_logout_and_throttling_are_audited(backend: Backend, users: UserStore, admin_client: FlaskClient) -> None:
-    app = make_app(backend, ADMIN_LOGIN_MAX_FAILURES=2)
+    app = make_app(backend, ADMIN_LOGIN_LIMITS="2 per minute")
     client = app.test_client()
     assert login(client, "otto").status_code == 302
     client.post("/logout")
     for _ in range(2):
         assert login(client, "otto", "wrong-password").status_code == 401
     assert login(client, "otto").status_code == 429
+    for _ in range(2):
+        assert login(client, "not-a-user").status_code == 401
     assert login(client, "not-a-user").status_code == 429
     items = admin_client.get("/api/audit?per_page=200").get_json()["items"]
     otto = [r["action"] for r in items if r["user"] == "otto"]
@@ -106,6 +108,41 @@ def test_admin_auth_login_logout_and_throttling_are_audited(backend: Backend, us
     assert [r["user"] for r in items if r["action"] == "login.throttled"].count("(unknown)") == 1
     assert all("wrong-password" not in str(r) and "not-a-user" not in str(r) for r in items)
     assert admin_client.get("/api/audit?action=logout").get_json()["items"][0]["user"] == "otto"
+
+
+def test_admin_auth_user_names_are_unique_and_found_without_regard_to_case(
+        app: Flask, users: UserStore, admin_client: FlaskClient, backend: Backend) -> None:
+    admin_client.post("/api/users", json={"username": "viewer1", "password": PASSWORD, "role": "viewer"})
+    resp = admin_client.post("/api/users", json={"username": "VIEWER1", "password": PASSWORD, "role": "admin"})
+    assert resp.status_code == 409 and "ignore case" in resp.get_json()["error"]
+    with pytest.raises(Conflict):
+        users.create("Otto", PASSWORD, "admin")
+    assert sorted(u["_id"] for u in users.all()) == ["ada", "otto", "vera", "viewer1"]
+    # Logging in ignores case; the session, the audit trail and the role are the user's own.
+    client = app.test_client()
+    assert login(client, "OTTO").status_code == 302
+    me = client.get("/api/me").get_json()
+    assert me["name"] == "otto" and me["role"] == "operator"
+    assert backend.audit.find(action="login", user="otto")[1] == 1
+    # Admin actions find the user whatever the case, and keep its own spelling.
+    assert admin_client.put("/api/users/VERA/role", json={"role": "operator"}).get_json()["name"] == "vera"
+    # "You cannot remove your own admin role" holds whatever the case you type.
+    assert admin_client.put("/api/users/ADA/role", json={"role": "viewer"}).status_code == 400
+
+
+def test_admin_auth_users_from_before_case_insensitive_names(backend: Backend) -> None:
+    """Users stored before names ignored case get their key at start; two names that differ only
+    in case stop the console with one line naming them."""
+    from werkzeug.security import generate_password_hash
+
+    with backend.store.op() as db:
+        db.users.insert_one({"_id": "Legacy", "password_hash": generate_password_hash(PASSWORD), "role": "viewer"})
+    assert UserStore(backend.store).authenticate("legacy", PASSWORD).name == "Legacy"
+    with backend.store.op() as db:
+        db.users.drop_index("name_key")
+        db.users.insert_one({"_id": "LEGACY", "password_hash": "x", "role": "admin"})
+    with pytest.raises(ConfigError, match="Legacy / LEGACY"):
+        UserStore(backend.store)
 
 
 def test_admin_auth_session_expires(backend: Backend, users: UserStore) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -153,10 +154,56 @@ def test_admin_views_message_page_shows_payload_escaped_and_attempts(viewer: Fla
     assert 'id="editor"' not in page and "Replay" not in page
 
 
+class _Elements(HTMLParser):
+    """Every element of a page with its text content (nested text included), as a browser reads it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[tuple[str, dict, list[str]]] = []
+        self.elements: list[tuple[str, dict, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("br", "input", "img", "meta", "link", "hr"):
+            self.elements.append((tag, dict(attrs), ""))
+        else:
+            self.open.append((tag, dict(attrs), []))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.open:
+            name, attrs, parts = self.open.pop()
+            self.elements.append((name, attrs, "".join(parts)))
+            if self.open:
+                self.open[-1][2].extend(parts)
+            if name == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self.open:
+            self.open[-1][2].append(data)
+
+
+def elements(html: str) -> list[tuple[str, dict, str]]:
+    parser = _Elements()
+    parser.feed(html)
+    parser.close()
+    return parser.elements
+
+
 def test_admin_views_actor_and_overview_escape_payload_and_error(viewer: FlaskClient, blocked: Blocked) -> None:
+    """The hostile note (a <script> and a <b>) is on the pages as text, in the blocked actor's
+    error (overview and actor page) and in the head message's payload (actor page); it became no
+    element of the page."""
     for path in ("/", "/actors/payment", "/actors/payment?q=pwned"):
-        page = text(viewer.get(path))
-        assert "<script>alert(" not in page, path
+        page = elements(text(viewer.get(path)))
+        shown = [t for _tag, _attrs, t in page]
+        # in the error: "ValueError: cannot handle {... 'note': "<script>alert('pwned')</script><b>bold</b>"}"
+        assert any("ValueError" in t and "cannot handle" in t and XSS in t and len(t) < 2000 for t in shown), path
+        if path != "/":
+            # in the head message's payload, pretty-printed JSON
+            assert any(f'"note": "{XSS}"' in t for t in shown), path
+        # and as no element: every script of the page is a file of the console, no <b> says "bold"
+        assert all(attrs.get("src") for tag, attrs, _t in page if tag == "script"), path
+        assert not any(tag == "b" and "bold" in t for tag, _attrs, t in page), path
 
 
 def test_admin_views_edit_shows_diff_then_saves_a_new_version(operator: FlaskClient, backend: Backend, blocked: Blocked) -> None:

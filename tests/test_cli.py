@@ -69,17 +69,19 @@ def test_cli_backend_edit_refuses_hostile_files(settings: Settings, hostile_file
 def test_cli_ledger_server_port_out_of_range_or_taken(module: str, busy_port: int) -> None:
     assert_one_line_error(cli(module, "ledger-server", "--port", "99999"), "99999 is not in the range")
     assert_one_line_error(cli(module, "ledger-server", "--port", "-1"), "--port")
-    assert_one_line_error(cli(module, "ledger-server", "--port", str(busy_port)), "Address already in use")
+    assert_one_line_error(cli(module, "ledger-server", "--port", str(busy_port)), "already in use")
 
 
-def test_cli_wrong_ledger_key_is_one_line(backend: Backend) -> None:
-    server, url = ledger_server.serve(backend.ledger, audit=backend.audit)
+def test_cli_wrong_ledger_key_is_one_line(backend: Backend, tmp_path: Path) -> None:
+    server, url = ledger_server.serve(backend.ledger, port=0, audit=backend.audit, key_file=tmp_path / "ledger.key")
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("00" * 32 + "\n")
     try:
-        env = {"MONGODB_URL": url, "FIFOQ_LEDGER_AUTHKEY": "not-the-key", "FIFOQ_PREFIX": backend.settings.prefix}
-        assert_one_line_error(cli("backend", "status", env=env), "wrong key")
-        assert_one_line_error(cli("connectors", "run", "payment", "--drain", env=env), "wrong key")
+        env = {"MONGODB_URL": url, ledger_server.KEY_FILE_ENV: str(wrong), "FIFOQ_PREFIX": backend.settings.prefix}
+        assert_one_line_error(cli("backend", "status", env=env), "refused the key")
+        assert_one_line_error(cli("connectors", "run", "payment", "--drain", env=env), "refused the key")
     finally:
-        server.stop_event.set()
+        server.stop()
 
 
 BAD_LOG_LEVEL = {"LOG_LEVEL": "loud"}
@@ -183,4 +185,4 @@ def test_cli_operator_commands_work_through_fifoq(backend: Backend, tmp_path: Pa
         assert cli("fifoq", "edit", mid, "--file", str(fixed), env=env).returncode == 0
         assert json.loads(cli("fifoq", "show", mid, env=env).stdout)["payload"] == {"amount": 3}
     finally:
-        server.stop_event.set()
+        server.stop()

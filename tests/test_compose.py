@@ -1,30 +1,37 @@
-"""docker-compose.yml: validated by Docker Compose itself, and its topology checked in Python.
+"""docker-compose.yml with docker-compose.actors.yml (its connectors, written by `make compose`
+from docker/actors.txt): validated by Docker Compose itself, and the topology checked in Python.
 
 No Docker engine is needed: `docker compose config` / `docker-compose config` only parse,
-interpolate and validate the file. Without a validator the test fails under CI (CI=true; the
+interpolate and validate the files. Without a validator the test fails under CI (CI=true; the
 Makefile installs Debian's docker-compose through scripts/ensure_tools.sh) and skips elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
+from admin import deployment
 from admin.provision import ActorPlan, grants
 from backend.settings import Settings
 from connectors.examples import registry as example_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-# One connector service per actor of connectors.examples, each with its own broker user.
-CONNECTOR_ACTORS = tuple(example_registry.actors)
+ACTORS_COMPOSE = ROOT / "docker-compose.actors.yml"
+COMPOSE_FILES = (COMPOSE, ACTORS_COMPOSE)
+# One connector service per actor of docker/actors.txt (the actors of connectors.examples, which
+# the image runs), each with its own broker user.
+CONNECTOR_ACTORS = tuple(a.name for a in deployment.read_actors(ROOT / "docker/actors.txt"))
 CONNECTOR_SERVICES = {f"connector-{actor}": actor for actor in CONNECTOR_ACTORS}
 APP_SERVICES = {
     "admin": ["python", "-m", "admin", "serve"],
@@ -39,8 +46,8 @@ PRODUCTION_ENV = ["FIFOQ_CONFIRM_TIMEOUT", "FIFOQ_PREFETCH", "FIFOQ_MAX_PAYLOAD_
                   "FIFOQ_TRANSIENT_RETRIES", "FIFOQ_TRANSIENT_BACKOFF", "FIFOQ_POLL_INTERVAL", "FIFOQ_GAP_GRACE",
                   "FIFOQ_RELAY_MIN_AGE", "FIFOQ_LANES", "FIFOQ_CLAIM_LEASE_SECONDS", "LOG_LEVEL"]
 ADMIN_PRODUCTION_ENV = ["ADMIN_SESSION_MINUTES", "ADMIN_ALERT_BLOCKED_MINUTES", "ADMIN_ALERT_QUEUE_DEPTH",
-                        "ADMIN_ALERT_NO_CONSUMER", "ADMIN_METRICS_PUBLIC", "ADMIN_LOGIN_MAX_FAILURES",
-                        "ADMIN_LOGIN_WINDOW_SECONDS"]
+                        "ADMIN_ALERT_NO_CONSUMER", "ADMIN_METRICS_PUBLIC", "ADMIN_LOGIN_LIMITS", "ADMIN_WORKERS", "ADMIN_THREADS", "ADMIN_TIMEOUT",
+                        "ADMIN_GRACEFUL_TIMEOUT", "ADMIN_KEEPALIVE", "ADMIN_ACCESS_LOG"]
 BROKER_PASSWORDS = {g.password_env: g for g in grants(Settings(), [ActorPlan(a) for a in CONNECTOR_ACTORS])}
 SECRETS = {"RABBITMQ_PASSWORD": "test-password", "RABBITMQ_ERLANG_COOKIE": "test-cookie",
            "ADMIN_SECRET_KEY": "test-secret",
@@ -74,20 +81,37 @@ def validator() -> list[str]:
 
 
 def _config(validator: list[str], tmp_path: Path, env_overrides: dict[str, str],
-            *args: str) -> subprocess.CompletedProcess:
+            *args: str, files: tuple[Path, ...] = COMPOSE_FILES, env_file: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
-           if k not in SECRETS and not k.startswith(("COMPOSE_", "DOCKER_"))}
+           if k not in SECRETS and not k.startswith(("COMPOSE_", "DOCKER_", "PROVISION_"))}
     env.update(env_overrides)
-    empty_env_file = tmp_path / "empty.env"   # ignore a developer's .env
-    empty_env_file.write_text("")
-    return subprocess.run([*validator, "--env-file", str(empty_env_file), "-f", str(COMPOSE),
+    if env_file is None:
+        env_file = tmp_path / "empty.env"   # ignore a developer's .env
+        env_file.write_text("")
+    return subprocess.run([*validator, "--env-file", str(env_file), *(a for f in files for a in ("-f", str(f))),
                            "config", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
+def _merge(base: dict, override: dict) -> dict:
+    """Compose's merge of a second file, as far as these files need it: mappings merge, the rest
+    (command, lists) is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_compose(*files: Path) -> dict:
+    merged: dict = {}
+    for f in files:
+        merged = _merge(merged, yaml.safe_load(f.read_text()))
+    return merged
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    return load_compose(*COMPOSE_FILES)
 
 
 def test_compose_file_is_valid(validator, tmp_path):
@@ -280,11 +304,17 @@ def test_readme_names_every_published_port(compose):
 def test_env_example_lists_every_app_variable(compose):
     example = (ROOT / ".env.example").read_text()
     listed = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
+    # one password per actor of docker/actors.txt: documented as a family, written by make compose
+    assert "PROVISION_CONNECTOR_<ACTOR>_PASSWORD" in example
+
+    def undocumented(names: set[str]) -> set[str]:
+        return {n for n in names - listed if not re.fullmatch(r"PROVISION_CONNECTOR_[A-Z0-9_]+_PASSWORD", n)}
+
     used = {key for name in (*APP_SERVICES, "provision") for key in compose["services"][name]["environment"]}
-    assert used - listed == set()
-    # every ${VAR} the compose file interpolates is documented too
-    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
-    assert interpolated - listed == set()
+    assert undocumented(used) == set()
+    # every ${VAR} the compose files interpolate is documented too
+    interpolated = {v for f in COMPOSE_FILES for v in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", f.read_text())}
+    assert undocumented(interpolated) == set()
 
 
 def _option(command: list[str], flag: str) -> str:
@@ -319,16 +349,107 @@ def test_prometheus_scrapes_rabbitmq_console_and_connectors(compose):
     assert auth.get("type", "Bearer") == "Bearer" and auth["credentials_file"].startswith(secrets_dir + "/")
     ignored = (ROOT / "docker/prometheus/secrets/.gitignore").read_text().split()
     assert "*" in ignored, "the token must never be committed"
-    # Every connector serves its metrics on the compose network
+    # Every connector serves its metrics on the compose network, listed in the file_sd targets
     wanted = set()
     for name in CONNECTOR_SERVICES:
         command = services[name]["command"]
         assert _option(command, "--metrics-addr") == "0.0.0.0"
         wanted.add(f"{name}:{_option(command, '--metrics-port')}")
-    assert targets(jobs["fifoq-connectors"]) == wanted
+    assert mounts["./docker/prometheus/targets"] == "/etc/prometheus/targets"
+    assert file_sd_targets(jobs["fifoq-connectors"], ROOT / "docker/prometheus/targets") == wanted
     # and the demo backend its emitted counters
     backend_command = services["backend-demo"]["command"]
     assert _option(backend_command, "--metrics-addr") == "0.0.0.0"
     assert targets(jobs["fifoq-backend"]) == {f"backend-demo:{_option(backend_command, '--metrics-port')}"}
     deps = prom["depends_on"]
-    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", "backend-demo", *CONNECTOR_SERVICES} <= set(deps)
+    assert {"rabbitmq1", "rabbitmq2", "rabbitmq3", "admin", "backend-demo"} <= set(deps)
+
+
+def file_sd_targets(job: dict, targets_dir: Path) -> set[str]:
+    """The targets of a job's file_sd files (targets_dir is mounted at /etc/prometheus/targets)."""
+    out: set[str] = set()
+    for sd in job["file_sd_configs"]:
+        for name in sd["files"]:
+            assert name.startswith("/etc/prometheus/targets/"), name
+            for group in json.loads((targets_dir / name.rsplit("/", 1)[1]).read_text()):
+                out.update(group["targets"])
+    return out
+
+
+# -- one list of actors drives the deployment (admin/deployment.py, `make compose`) ---------------
+def test_compose_actor_list_is_what_the_image_runs() -> None:
+    """The image's connectors run connectors.examples: the list names exactly its actors."""
+    assert sorted(CONNECTOR_ACTORS) == sorted(example_registry.actors)
+
+
+def test_compose_generated_files_follow_the_actor_list() -> None:
+    proc = subprocess.run([sys.executable, "-m", "admin.deployment", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_adding_an_actor_to_the_list_gives_its_service_user_password_and_scrape_target(
+        validator, tmp_path: Path, settings: Settings) -> None:
+    """Given the list with one more actor (refunds, 2 lanes), when `make compose` runs, then the
+    compose files have its connector service, connecting as its own broker user with the password
+    written in .env; provisioning creates that user on the real broker with that password; and
+    Prometheus scrapes it."""
+    listed = tmp_path / "actors.txt"
+    listed.write_text((ROOT / "docker/actors.txt").read_text() + "refunds:2\n")
+    root = tmp_path / "deploy"
+    (root / "docker/prometheus").mkdir(parents=True)
+    for name in ("docker-compose.yml", "docker-compose.tls.yml", ".env.example"):
+        shutil.copy(ROOT / name, root / name)
+    env_file = root / ".env"
+    env_file.write_text("PROVISION_CONNECTOR_PAYMENT_PASSWORD=kept0123\n")
+    assert deployment.main(["--actors", str(listed), "--root", str(root), "--env-file", str(env_file)]) == 0
+
+    dotenv = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", env_file.read_text(), re.M))
+    password = dotenv["PROVISION_CONNECTOR_REFUNDS_PASSWORD"]
+    assert re.fullmatch(r"[0-9a-f]{48}", password) and dotenv["PROVISION_CONNECTOR_PAYMENT_PASSWORD"] == "kept0123"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    # Compose accepts the files with that .env, and the new service connects as its own user.
+    others = {k: v for k, v in SECRETS.items() if not k.startswith("PROVISION_")}
+    proc = _config(validator, tmp_path, others, files=(root / "docker-compose.yml", root / "docker-compose.actors.yml"),
+                   env_file=env_file)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    refunds = services["connector-refunds"]
+    assert refunds["command"][:5] == ["python", "-m", "connectors", "run", "refunds"]
+    assert {_broker_identity(u) for u in refunds["environment"]["AMQP_URL"].split(",")} == {
+        ("fifoq-connector-refunds", password, "fifoq")}
+    assert refunds["healthcheck"]["test"][0] == "CMD" and refunds["environment"]["FIFOQ_DECLARE"] == "0"
+    provision_command = services["provision"]["command"]
+    assert "refunds:2" in provision_command
+    assert services["provision"]["environment"]["PROVISION_CONNECTOR_REFUNDS_PASSWORD"] == password
+    # Prometheus scrapes it.
+    prom = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "fifoq-connectors")
+    assert "connector-refunds:9100" in file_sd_targets(job, root / "docker/prometheus/targets")
+    # The TLS variant has it too.
+    assert "connector-refunds" in yaml.safe_load((root / "docker-compose.actors.tls.yml").read_text())["services"]
+    # The provision command, run on the real broker (a throw-away vhost), creates its user with
+    # that password, and the user reads its own queue's lanes.
+    from admin.provision import actors_from, provision
+    from admin.rabbitmq_api import RabbitAdminAPI
+    from backend.broker import connect
+    from tests.conftest import API_AUTH, API_URL
+
+    vhost = f"{settings.prefix}-compose"
+    api = RabbitAdminAPI(API_URL, *API_AUTH)
+    specs = [a for a in provision_command[4:] if not a.startswith("-") and a != "restrict"]
+    try:
+        provision(api, settings, actors_from(specs, settings), vhost=vhost, env=dotenv, guest="keep")
+        user = f"{settings.prefix}-connector-refunds"
+        as_refunds = settings.with_(amqp_urls=(f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}",), declare=False)
+        conn = connect(as_refunds, "compose-refunds")
+        try:
+            channel = conn.channel()
+            for lane in (0, 1):
+                channel.queue_declare(settings.queue_name("refunds", lane), passive=True)
+        finally:
+            conn.close()
+    finally:
+        api.delete_vhost(vhost)
+        for grant in grants(settings, actors_from(specs, settings)):
+            api.delete_user(grant.user)

@@ -73,8 +73,8 @@ def test_config_docs_scanner_finds_the_known_readers() -> None:
     found = code_variables()
     expected = {
         "AMQP_URL", "AMQP_CA_FILE", "AMQP_KEY_FILE", "FIFOQ_DECLARE", "FIFOQ_VHOST",  # env.get, a tuple of names
-        "ADMIN_LOGIN_MAX_FAILURES", "ADMIN_PORT", "FIFOQ_GAP_GRACE",                  # helpers taking the name
-        "FIFOQ_LEDGER_AUTHKEY", "BENCH_TAG", "LOG_LEVEL",                             # constants, os.environ.get
+        "ADMIN_LOGIN_LIMITS", "ADMIN_PORT", "FIFOQ_GAP_GRACE",                        # helpers taking the name
+        "FIFOQ_LEDGER_KEY_FILE", "BENCH_TAG", "LOG_LEVEL",                            # constants, os.environ.get
         "PROVISION_CONNECTOR_<X>_PASSWORD",                                           # an f-string family
         "CLUSTER_BOOT_TIMEOUT", "CERT_DAYS", "CERT_EXTRA_SANS", "TLS_AMQPS_PORT",     # shell ${VAR:-default}
     }
@@ -116,7 +116,8 @@ def settings_groups() -> list[type]:
 
     from backend.settings import EnvSettings
 
-    for module in ("admin.alerts", "admin.config", "admin.security", "bench.common", "demo.cli"):
+    for module in ("admin.alerts", "admin.config", "admin.releases", "admin.server", "admin.throttle",
+                   "backend.ledger_server", "bench.common", "demo.cli"):
         importlib.import_module(module)  # they define groups
 
     out, todo = [], list(EnvSettings.__subclasses__())
@@ -142,7 +143,8 @@ EMPTY_MEANS_DEFAULT = {"RABBITMQ_API_CA"}
 
 def test_config_docs_settings_groups_are_all_found() -> None:
     names = {group.__name__ for group in settings_groups()}
-    assert {"Settings", "LogSettings", "AdminConfig", "AlertRules", "ThrottleConfig", "DemoSettings"} <= names, names
+    assert {"Settings", "LogSettings", "AdminConfig", "AlertRules", "ThrottleConfig", "ServerConfig",
+            "ReleaseSettings", "LedgerClientSettings", "DemoSettings"} <= names, names
 
 
 def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:

@@ -57,10 +57,11 @@ CLIS = {
     "demo": "demo.cli",
     "bench": "bench.cli",
     "fifoq": "fifoq.cli",
+    "admin.deployment": "admin.deployment",  # `make compose`
 }
 # `fifoq ...` counts as a command where a command starts: at the start of a line or span, after
 # `$ `, `;`, `&&`, `|` or `(` (elsewhere the word is the product's name)
-CLI_RE = re.compile(r"(?:(?:^|[\s;&|(`/])python3?\s+-m\s+(" + "|".join(CLIS) + r")\b"
+CLI_RE = re.compile(r"(?:(?:^|[\s;&|(`/])python3?\s+-m\s+(" + "|".join(map(re.escape, CLIS)) + r")(?![\w.])"
                     r"|(?:^|[;&|(`]\s*|^\$\s+)(fifoq)(?=\s+-|\s+[a-z-]+(?:\s|$)|$))(.*)$")
 MAKE_RE = re.compile(r"(?:^|[\s;&|(`])make\s+(.*)$")
 SCRIPT_RE = re.compile(r"(?:^|[\s;&|(`])(scripts/[\w.-]+\.sh)\b(.*)$")
@@ -69,7 +70,7 @@ INLINE_RE = re.compile(r"(`+)(.+?)\1", re.S)  # a backquoted span of the prose
 PYMOD_RE = re.compile(r"(?:^|[\s;&|(`/])python3?\s+-m\s+([A-Za-z_][\w.]*)(.*)$")
 VENV_BIN_RE = re.compile(r"(?:^|[\s;&|(`])\.venv/bin/([\w.+-]+)")
 # `fifoq status` runs as written (the console script); `backend status` does not
-BARE_CLI_RE = re.compile(r"^(" + "|".join(c for c in CLIS if c != "fifoq") + r")\s+([\w-]+)")
+BARE_CLI_RE = re.compile(r"^(" + "|".join(re.escape(c) for c in CLIS if c != "fifoq") + r")\s+([\w-]+)")
 BENCH_ARGS_RE = re.compile(r"\bBENCH_ARGS=(\"[^\"]*\"|'[^']*'|[^\s`\"';)]+)")
 # a commit hash as people write one: an abbreviation (7-12) or a full hash (40), or any hex run
 # right after the word "commit"; pure digits (1000000) are numbers, not hashes

@@ -299,13 +299,21 @@ def test_failures_release_poll_setting_is_validated_and_zero_drives_nothing(back
     for bad in ("soon", "-1", "61"):
         with pytest.raises(ConfigError, match="ADMIN_RELEASE_POLL_SECONDS"):
             make_app(backend, ADMIN_RELEASE_POLL_SECONDS=bad)
+    from admin.server import BACKGROUND_KEY, start_background
+    from tests.helpers import wait_for
+
     quiet = make_app(backend, ADMIN_RELEASE_POLL_SECONDS="0")
-    quiet.test_client().get("/login")
-    assert quiet.extensions["fifoq_release_driver"].owner == ""  # no driver thread in this process
+    assert not quiet.extensions.get(BACKGROUND_KEY)  # no driver job for this console
     busy = make_app(backend, ADMIN_RELEASE_POLL_SECONDS="0.5")
+    driver = busy.extensions["fifoq_release_driver"]
     busy.test_client().get("/login")
-    assert busy.extensions["fifoq_release_driver"].owner  # started with the first request
-    busy.extensions["fifoq_release_driver"].stop.set()
+    assert driver.owner == ""  # not per request: a background job of the console (admin.server)
+    assert [name for name, _ in busy.extensions[BACKGROUND_KEY]] == ["release-driver"]
+    stop = start_background(busy)
+    try:
+        wait_for(lambda: driver.owner != "", timeout=10, what="the release driver to start")
+    finally:
+        stop.set()
 
 
 def test_failures_release_can_be_aborted_once(backend: Backend, incident: Incident, app, operator: FlaskClient,

@@ -19,7 +19,7 @@ from backend.errors import BrokerUnavailable, ConfigError
 from backend.settings import Settings
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.helpers import Recorder
+from tests.helpers import Recorder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS = ROOT / ".certs"
@@ -97,9 +97,31 @@ def test_security_tls_pipeline_over_amqps_with_verified_certificates(tls_setting
     assert recorder.payloads() == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-def test_security_tls_connects_by_ip_address_too(tls_settings: Settings) -> None:
-    conn = connect(tls_settings.with_(amqp_urls=("amqps://guest:guest@127.0.0.1:5691/%2F",)), "tls-probe")
-    conn.close()
+def test_security_tls_connects_by_ip_address_too(tls_settings: Settings, tls_node: Path) -> None:
+    """An amqps:// URL with the broker's address rather than a name connects with hostname
+    verification on (the certificate names IP:127.0.0.1), over TLS, with the client certificate:
+    as the broker itself reports the connection."""
+    by_ip = tls_settings.with_(amqp_urls=("amqps://guest:guest@127.0.0.1:5691/%2F",))
+    assert tls_context(by_ip).check_hostname
+    name = f"tls-probe-{by_ip.prefix}"
+    conn = connect(by_ip, name)
+    try:
+        assert conn.is_open
+        seen: list[dict] = []
+
+        def reported() -> bool:
+            found = requests.get(f"{HTTPS_API}/api/connections", auth=("guest", "guest"), timeout=10,
+                                 verify=str(tls_node / "ca.pem")).json()
+            seen[:] = [c for c in found if (c.get("client_properties") or {}).get("connection_name") == name]
+            return bool(seen)
+
+        wait_for(reported, timeout=30, what="the broker to list the connection")
+        info = seen[0]
+        assert info["ssl"] is True and info["ssl_protocol"].startswith("tlsv1.")
+        assert info["host"] == "127.0.0.1" and info["port"] == 5691
+        assert "fifoq-client" in info["peer_cert_subject"]  # the client certificate was presented
+    finally:
+        conn.close()
 
 
 def test_security_tls_wrong_ca_is_refused(tls_settings: Settings, other_ca: Path) -> None:
@@ -173,8 +195,9 @@ def test_security_tls_gen_certs_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
-    """docker-compose.tls.yml merges onto docker-compose.yml: TLS ports, certificate mounts and
-    amqps:// with a CA for every application service."""
+    """docker-compose.tls.yml (and the connectors' docker-compose.actors.tls.yml) merge onto
+    docker-compose.yml and docker-compose.actors.yml: TLS ports, certificate mounts and amqps://
+    with a CA for every application service."""
     import shutil
 
     import yaml
@@ -192,8 +215,9 @@ def test_security_tls_compose_override_is_valid(tmp_path: Path) -> None:
     from tests.test_compose import SECRETS
 
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **SECRETS, "HOME": str(tmp_path)}
-    out = subprocess.run([*cmd, "--env-file", str(empty), "-f", "docker-compose.yml", "-f", "docker-compose.tls.yml",
-                          "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    files = ("docker-compose.yml", "docker-compose.actors.yml", "docker-compose.tls.yml", "docker-compose.actors.tls.yml")
+    out = subprocess.run([*cmd, "--env-file", str(empty), *(a for f in files for a in ("-f", f)), "config"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
     for node in ("rabbitmq1", "rabbitmq2", "rabbitmq3"):

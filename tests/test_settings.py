@@ -12,7 +12,7 @@ import requests
 from flask import Flask
 
 from admin.config import AdminConfig
-from admin.security import ThrottleConfig
+from admin.throttle import ThrottleConfig
 from backend import backoff, logs
 from backend.errors import ConfigError
 from backend.settings import EnvSettings, LogSettings, Settings, setting
@@ -57,9 +57,9 @@ def test_settings_secrets_are_never_quoted_in_errors_or_repr() -> None:
 
 
 def test_settings_groups_share_the_parser_and_defaults_fill_only_unset_variables() -> None:
-    assert ThrottleConfig.from_env({"ADMIN_LOGIN_MAX_FAILURES": "7"}).max_failures == 7
-    with pytest.raises(ConfigError, match="ADMIN_LOGIN_WINDOW_SECONDS='0': must be >= 1"):
-        ThrottleConfig.from_env({"ADMIN_LOGIN_WINDOW_SECONDS": "0"})
+    assert ThrottleConfig.from_env({"ADMIN_LOGIN_LIMITS": " 7 per minute "}).limits == "7 per minute"
+    with pytest.raises(ConfigError, match="ADMIN_LOGIN_LIMITS='0 per minute': expected limits such as"):
+        ThrottleConfig.from_env({"ADMIN_LOGIN_LIMITS": "0 per minute"})
     cfg = AdminConfig.from_env({"ADMIN_ENV": "Testing"}, defaults={"ADMIN_ENV": "production", "ADMIN_PORT": "5055"})
     assert (cfg.env, cfg.port, cfg.development) == ("testing", 5055, True)
 
