@@ -17,8 +17,7 @@ from backend.settings import MAX_PREFETCH, Settings
 from backend.values import Message, Status
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.conftest import API_AUTH, API_URL
-from tests.conftest import ALL_FLAVORS
+from tests.conftest import ALL_FLAVORS, API_AUTH, API_URL
 from tests.helpers import Recorder, emit_around_a_gap, wait_for
 
 LEDGER_FLAVORS = ALL_FLAVORS

@@ -11,8 +11,7 @@ from backend.errors import ValidationError
 from backend.subscriptions import lane_of
 from connectors.registry import Registry
 from connectors.runtime import Runtime
-from tests.conftest import API_AUTH, API_URL
-from tests.conftest import ALL_FLAVORS
+from tests.conftest import ALL_FLAVORS, API_AUTH, API_URL
 from tests.helpers import Recorder
 
 LEDGER_FLAVORS = ALL_FLAVORS
