@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: help venv broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
+.PHONY: help venv bench-deps broker tools chromium test demo cluster-up cluster-down cluster-status certs tls-node-up tls-node-down bench clean
 
 help:
 	@echo "make venv          create .venv and install the project with its test extra"
+	@echo "make bench-deps    add the bench extra (dramatiq, celery) to .venv"
 	@echo "make broker        make sure RabbitMQ with the management API is reachable"
 	@echo "make test          run the test suite (PYTEST_ADDOPTS is passed through)"
 	@echo "make demo          run the demo (prints the admin console URL)"
@@ -31,6 +32,14 @@ $(VENV)/.stamp: pyproject.toml
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# The bench extra (dramatiq and celery for `python -m bench compare`, whose quick run
+# tests/test_bench.py smoke-tests): installed once, again only when pyproject.toml changes.
+bench-deps: $(VENV)/.bench-stamp
+
+$(VENV)/.bench-stamp: $(VENV)/.stamp pyproject.toml
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	@touch $@
+
 broker:
 	@scripts/ensure_rabbitmq.sh
 
@@ -40,7 +49,7 @@ tools:
 chromium:
 	@scripts/ensure_chromium.sh
 
-test: venv broker tools chromium
+test: venv bench-deps broker tools chromium
 	$(VPY) -m pytest -q
 
 demo: venv broker
@@ -65,7 +74,7 @@ tls-node-down:
 	@scripts/tls_node.sh stop
 
 # BENCH_ARGS: e.g. BENCH_ARGS="--quick" or BENCH_ARGS="emit connector --messages 10000"
-bench: venv broker
+bench: venv bench-deps broker
 	$(VPY) -m bench $(BENCH_ARGS)
 
 clean:
