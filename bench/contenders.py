@@ -11,6 +11,7 @@ consumer of one queue whose handler only records the call (bench.calls):
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import threading
@@ -150,6 +151,15 @@ class RawPika(Contender):
         return f"{type(self._error).__name__}: {self._error}" if self._error else ""
 
 
+def tool_module(name: str) -> Any:
+    """bench.dramatiq_app or bench.celery_app, imported only when the benchmark runs: they need
+    the bench extra, which the other benchmarks do without."""
+    try:
+        return importlib.import_module(f"bench.{name}_app")
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(f"{exc.name} is not installed: run `make bench-deps` (the bench extra of pyproject.toml)") from exc
+
+
 class ToolWorker(Contender):
     """A contender whose worker is another tool's command line (bench.workers)."""
 
@@ -185,8 +195,7 @@ class ToolWorker(Contender):
 
 class Dramatiq(ToolWorker):
     def __init__(self, setting: Setting, calls_dir: Path, settings: Settings, cli: Sequence[str]) -> None:
-        from bench import dramatiq_app  # the bench extra: imported only when this benchmark runs
-
+        dramatiq_app = tool_module("dramatiq")
         super().__init__(setting, calls_dir, settings, ["dramatiq", "bench.dramatiq_app", *cli])
         self.broker, self.actor = dramatiq_app.make(self.url, self.queue)
 
@@ -203,8 +212,7 @@ class Dramatiq(ToolWorker):
 
 class Celery(ToolWorker):
     def __init__(self, setting: Setting, calls_dir: Path, settings: Settings, cli: Sequence[str]) -> None:
-        from bench import celery_app  # the bench extra: imported only when this benchmark runs
-
+        celery_app = tool_module("celery")
         # A node name of its own: two workers on one host must not share celery's default one.
         args = ["celery", "-A", "bench.celery_app", "worker", "--loglevel", "WARNING", "-n", f"{self.node(settings, setting)}@%h", *cli]
         super().__init__(setting, calls_dir, settings, args)

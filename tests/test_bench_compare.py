@@ -137,3 +137,12 @@ def test_profile_covers_threads_started_while_profiling(tmp_path: Path) -> None:
     stats = profile.dump(str(tmp_path / "run.prof"))
     assert any(name == "marked_function_in_a_thread" for (_file, _line, name) in stats.stats)  # type: ignore[attr-defined]
     assert (tmp_path / "run.prof").stat().st_size > 0
+
+
+def test_compare_without_the_bench_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import contenders
+
+    monkeypatch.setitem(sys.modules, "dramatiq", None)  # an import of it fails as if not installed
+    monkeypatch.delitem(sys.modules, "bench.dramatiq_app", raising=False)
+    with pytest.raises(RuntimeError, match=r"dramatiq is not installed: run `make bench-deps`"):
+        contenders.tool_module("dramatiq")
