@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
@@ -86,9 +86,9 @@ def publish_wait_each(settings: Settings, queues: Sequence[str], count: int) -> 
         conn.close()
 
 
-def publish_pipelined(settings: Settings, queues: Sequence[str], count: int, batch: int = 300) -> float:
+def publish_pipelined(settings: Settings, queues: Sequence[str], count: int, batch: int = 300, first: int = 0) -> float:
     """Publish in batches of `batch`, then wait for all of the batch's confirms (fifoq's emit_many
-    does the same per call). Returns seconds."""
+    does the same per call); message numbers (`seq`) start at `first`. Returns seconds."""
     conn = connect(settings)
     try:
         ch = conn.channel()
@@ -107,7 +107,7 @@ def publish_pipelined(settings: Settings, queues: Sequence[str], count: int, bat
         while sent < count:
             n = min(batch, count - sent)
             for i in range(sent, sent + n):
-                ch.basic_publish("", queues[i % len(queues)], body(i), PROPS, mandatory=True)
+                ch.basic_publish("", queues[i % len(queues)], body(first + i), PROPS, mandatory=True)
             sent += n
             while acked[0] < sent:
                 conn.process_data_events(time_limit=POLL)
@@ -141,6 +141,29 @@ def consume_ack(settings: Settings, queue: str, count: int, prefetch: int) -> fl
         return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def consume_until(settings: Settings, queue: str, prefetch: int, on_body: Callable[[bytes], None],
+                  stop: threading.Event, ready: threading.Event | None = None) -> None:
+    """Consume `queue` at `prefetch` until `stop` is set: on_body(body) for each delivery (the
+    handler), then its ack, one by one."""
+    conn = connect(settings)
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=prefetch)
+
+        def on_message(channel: Any, method: Any, _props: Any, raw: bytes) -> None:
+            on_body(raw)
+            channel.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(queue, on_message)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            conn.process_data_events(time_limit=0.05)
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def consume_ack_many(settings: Settings, queues: Sequence[str], per_queue: int, prefetch: int) -> float:

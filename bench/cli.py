@@ -1,11 +1,9 @@
 """Command line of the benchmarks: choose which to run, their size, the queue type, profiling."""
 from __future__ import annotations
 
-import cProfile
 import logging
 import os
 import platform
-import pstats
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +15,9 @@ import click
 from backend import logs
 from backend.commandline import CONTEXT, Seconds, run
 from backend.values import QueueType
-from bench import connector, console, emit, growth, latency, ledger_cost, queues, soak
+from bench import compare, connector, console, emit, growth, latency, ledger_cost, queues, soak
 from bench.common import Options, Table, api, base_settings
+from bench.profiling import ThreadsProfile
 
 BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "emit": emit.run,
@@ -29,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "growth": growth.run,
     "ledger": ledger_cost.run,
     "soak": soak.run,
+    "compare": compare.run,
 }
 
 
@@ -49,6 +49,8 @@ def machine(opts: Options) -> str:
 @click.option("--rate", type=Seconds(min=0, max=100_000, min_open=True), help="messages/s for the latency benchmark (default 200)")
 @click.option("--latency-messages", type=click.IntRange(1, 10**7), help="messages for the latency benchmark (default 1000)")
 @click.option("--requests", type=click.IntRange(1, 10**7), help="requests per console endpoint (default 20)")
+@click.option("--backlog", type=click.IntRange(1, 10**7),
+              help="messages behind a blocked actor in the compare benchmark (default 20000; quick: --messages)")
 @click.option("--queue-type", type=click.Choice([q.value for q in QueueType]), default=QueueType.QUORUM.value,
               show_default=True)
 @click.option("--ledger-latency", type=Seconds(min=0, max=1000), default=2.0, show_default=True, metavar="MS",
@@ -59,12 +61,13 @@ def machine(opts: Options) -> str:
               help="events/s of the soak benchmark")
 @click.option("--retention", type=Seconds(min=60, max=86_400), default=300.0, show_default=True,
               help="FIFOQ_RETENTION (seconds) of the soak benchmark")
-@click.option("--profile", metavar="FILE", help="write a cProfile of the run (open with pstats or snakeviz)")
+@click.option("--profile", metavar="FILE",
+              help="write a cProfile of the run, its threads included (open with pstats or snakeviz)")
 def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int | None, rate: float | None,
-        latency_messages: int | None, requests: int | None, queue_type: str, ledger_latency: float,
+        latency_messages: int | None, requests: int | None, backlog: int | None, queue_type: str, ledger_latency: float,
         minutes: float, soak_rate: float, retention: float, profile: str | None) -> int:
-    """Run the benchmarks (default: all but soak): emit, connector, latency, queues, console, growth, ledger;
-    and soak (long: run it by name)."""
+    """Run the benchmarks (default: all but soak): emit, connector, latency, queues, console, growth, ledger,
+    compare; and soak (long: run it by name)."""
     unknown = [w for w in which if w not in BENCHMARKS]
     if unknown:
         raise click.UsageError(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
@@ -74,9 +77,12 @@ def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int |
     qtype = QueueType(queue_type)
     opts = Options.quick_mode(queue_type=qtype) if quick else Options(queue_type=qtype)
     changes: dict[str, Any] = {k: v for k, v in (("messages", messages), ("actors", actors), ("rate", rate),
-                                  ("latency_messages", latency_messages), ("requests", requests)) if v}
+                                  ("latency_messages", latency_messages), ("requests", requests),
+                                  ("backlog", backlog)) if v}
     if quick and messages and not latency_messages:
         changes["latency_messages"] = min(messages, 200)
+    if quick and messages and not backlog:
+        changes["backlog"] = messages
     opts = replace(opts, ledger_latency_ms=ledger_latency, soak_minutes=minutes, soak_rate=soak_rate,
                    soak_retention=retention, **changes)
     return run_benchmarks(opts, list(which) or [b for b in BENCHMARKS if b != "soak"], profile)
@@ -85,7 +91,7 @@ def cli(which: tuple[str, ...], quick: bool, messages: int | None, actors: int |
 def run_benchmarks(opts: Options, names: list[str], profile: str | None) -> int:
     print(machine(opts))
     print(f"options: {opts}\n", flush=True)
-    profiler = cProfile.Profile() if profile else None
+    profiler = ThreadsProfile() if profile else None
     failed = 0
     for name in names:
         started = time.perf_counter()
@@ -103,9 +109,13 @@ def run_benchmarks(opts: Options, names: list[str], profile: str | None) -> int:
                 profiler.disable()
         print(table.render(), flush=True)
         print(f"({name}: {time.perf_counter() - started:.1f} s)\n", flush=True)
+        if table.problems:
+            failed += 1
+            print(f"### {name}: FAILED: {len(table.problems)} problem(s) listed above\n", flush=True)
     if profiler and profile:
-        profiler.dump_stats(profile)
-        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        stats = profiler.dump(profile)
+        stats.stream = sys.stderr  # type: ignore[attr-defined]
+        stats.sort_stats("cumulative").print_stats(25)
     return 1 if failed else 0
 
 

@@ -32,6 +32,7 @@ class Options:
     latency_messages: int = 1000
     requests: int = 20  # console requests per endpoint
     batch: int = 100  # events per emit_many call
+    backlog: int = 20_000  # messages behind a blocked actor (compare)
     queue_type: QueueType = QueueType.QUORUM
     quick: bool = False
     ledger_latency_ms: float = 2.0  # added to every ledger operation by the ledger benchmark
@@ -42,7 +43,7 @@ class Options:
     @classmethod
     def quick_mode(cls, messages: int = 200, **kw: Any) -> Options:
         return cls(messages=messages, actors=50, rate=200.0, latency_messages=min(messages, 200), requests=3,
-                   quick=True, **kw)
+                   backlog=messages, quick=True, **kw)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class Table:
     title: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What went wrong in a run that still printed its numbers (lost or reordered messages): the
+    # command prints the table and exits non-zero.
+    problems: list[str] = field(default_factory=list)
 
     def add(self, measure: str, fifoq: float, base: float | None, base_kind: str, unit: str,
             higher_is_better: bool = True) -> None:
@@ -77,7 +81,7 @@ class Table:
             base = "—" if r.base is None else f"{fmt(r.base)} {r.unit}"
             better = "" if r.base is None else (" (higher is better)" if r.higher_is_better else " (lower is better)")
             lines.append(f"| {r.measure} | {fmt(r.fifoq)} {r.unit} | {base} | {r.base_kind} | {r.ratio()}{better} |")
-        lines += [""] + [f"- {n}" for n in self.notes]
+        lines += [""] + [f"- {n}" for n in self.notes] + [f"- PROBLEM: {p}" for p in self.problems]
         return "\n".join(lines) + "\n"
 
 
