@@ -240,8 +240,22 @@ def actor_detail(backend: Backend, api: RabbitAPI, name: str) -> dict[str, Any]:
         created_at=as_aware(doc.get("created_at")),
         blocked_head=head,
         queue_name=backend.settings.queue_name(name),
+        **lane_facts(backend, name),
     )
     return row
+
+
+def lane_facts(backend: Backend, name: str) -> dict[str, Any]:
+    """What the actor's lane documents say beyond counts: retention (how long settled messages
+    are kept, how many were removed) and the last unexpected error of a worker, per lane."""
+    lanes = backend.ledger.lanes.of_actor(name)
+    errors = [dict(lane["worker_error"], lane=lane["lane"], at=as_aware(lane["worker_error"].get("at")))
+              for lane in lanes if lane.get("worker_error")]
+    return {
+        "retention": {"seconds": backend.settings.retention, "audit_seconds": backend.settings.audit_retention,
+                      "removed": sum(max(0, int(lane.get("floor", 1)) - 1) for lane in lanes)},
+        "worker_errors": errors,
+    }
 
 
 def blocked_keys(backend: Backend, name: str) -> list[dict[str, Any]]:

@@ -32,14 +32,12 @@ here keeps the backend at "write on <prefix>.messages" and nothing else.
     user                      tags        configure  write                read
     <prefix>-backend          (none)      ^$         ^<prefix>\\.messages$  ^$
     <prefix>-connector-<a>    (none)      ^$         ^$                   ^<prefix>\\.actor\\.<a>(\\.lane[0-9]+)?$
-    <prefix>-console          monitoring  ^$         ^<prefix>\\.messages$  ^$
+    <prefix>-console          monitoring  ^$         ^$                   ^$
 
 The console reads the management API (overview, nodes, the vhost's queues): `monitoring` is the
 smallest tag that may read /api/nodes (`management` gets 401 there), and its permission entry on
-the vhost is what lets it list the vhost's queues. Its one AMQP right, write on
-`<prefix>.messages`, is for the replay and release instructions of actors with ordering keys
-(backend.operations.Operations._wake_key publishes them into the message's lane; without the right
-they would wait for the relay, and every such replay would log an access refusal).
+the vhost is what lets it list the vhost's queues. It needs no AMQP right: an operator's action is
+a write of intent in the ledger, which the lane's connector carries out (backend.operations).
 """
 from __future__ import annotations
 
@@ -124,9 +122,8 @@ def grants(settings: Settings, actors: Iterable[ActorPlan]) -> list[Grant]:
     out = [
         Grant(f"{p}-backend", "backend", "", NOTHING, _anchored(settings.exchange), NOTHING,
               "PROVISION_BACKEND_PASSWORD"),
-        # write: the console's Publisher sends ordering-key replay/release instructions (_wake_key)
-        Grant(f"{p}-console", "console", CONSOLE_TAGS, NOTHING, _anchored(settings.exchange), NOTHING,
-              "PROVISION_CONSOLE_PASSWORD"),
+        # the console reads the management API and writes intents in the ledger: no AMQP right
+        Grant(f"{p}-console", "console", CONSOLE_TAGS, NOTHING, NOTHING, NOTHING, "PROVISION_CONSOLE_PASSWORD"),
     ]
     for actor in actors:
         queue = re.escape(settings.queue_name(actor.name))

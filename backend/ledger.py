@@ -394,8 +394,9 @@ class Ledger(LedgerViews):
                                        {"$set": {"lease_until": now + timedelta(seconds=lease_seconds)}})
         return bool(res.matched_count == 1)
 
-    def _settle_update(self, doc: dict[str, Any], owner: str, status: Status, error: ErrorInfo | None) -> dict[str, Any]:
-        now = utcnow()
+    def _settle_update(self, doc: dict[str, Any], owner: str, status: Status, error: ErrorInfo | None,
+                       now: datetime | None = None) -> dict[str, Any]:
+        now = now or utcnow()
         fields: dict[str, Any] = {"status": status.value, "finished_at": now, "updated_at": now, "replay_requested": None,
                                   "owner": None, "lease_until": None}
         update: dict[str, Any] = {"$set": fields,
@@ -439,7 +440,8 @@ class Ledger(LedgerViews):
         claim_fields = {"status": Status.PROCESSING.value, "owner": owner, "lease_until": now + timedelta(seconds=lease_seconds),
                         "started_at": now, "updated_at": now, "claimed_from": following["status"]}
         updates = [
-            Update(tr.attempt_filter(done["_id"], owner, attempt), self._settle_update(done, owner, Status.DONE, None)),
+            # One time for both: the next message starts when this one finished, never before.
+            Update(tr.attempt_filter(done["_id"], owner, attempt), self._settle_update(done, owner, Status.DONE, None, now)),
             Update(tr.claim_filter(following, owner, now), {"$set": claim_fields, "$inc": {"attempts": 1}}),
         ]
         try:

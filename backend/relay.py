@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from backend import backoff
 from backend.broker import Publisher
 from backend.errors import FifoqError
 from backend.ledger import Ledger, as_aware
@@ -28,7 +29,8 @@ from backend.values import Envelope, QueueType, Status
 log = logging.getLogger(__name__)
 
 BATCH = 500
-BACKOFF_MAX_SECONDS = 30.0
+# An actor whose queue the broker refuses is tried again 1, 2, 4 ... 30 s later (its own schedule).
+REFUSED = backoff.Backoff(first=1.0, factor=2.0, maximum=backoff.RELAY_MAX_SECONDS)
 
 
 class Relay:
@@ -36,7 +38,7 @@ class Relay:
         self.settings = settings
         self.ledger = ledger
         self.publisher = publisher or Publisher(settings, name="fifoq-relay")
-        self._refused: dict[str, tuple[float, float]] = {}  # actor -> (retry at, current backoff)
+        self._refused: dict[str, tuple[float, int]] = {}  # actor -> (retry at, refusals in a row - 1)
 
     def run_once(self, min_age: float | None = None) -> int:
         """Publish pending messages created at least `min_age` seconds ago (FIFOQ_RELAY_MIN_AGE by
@@ -78,20 +80,22 @@ class Relay:
         for actor in actors - refused:
             self._refused.pop(actor, None)
         for actor in refused:
-            backoff = min(BACKOFF_MAX_SECONDS, max(1.0, self._refused.get(actor, (0.0, 0.5))[1] * 2))
-            self._refused[actor] = (now + backoff, backoff)
-            log.error("actor=%s the broker refuses its queue: its messages wait in the ledger (next try in %.0fs)", actor, backoff)
+            wait = REFUSED.delay(self._refused.get(actor, (0.0, -1))[1] + 1)
+            self._refused[actor] = (now + wait, self._refused.get(actor, (0.0, -1))[1] + 1)
+            log.error("actor=%s the broker refuses its queue: its messages wait in the ledger (next try in %.0fs)", actor, wait)
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Loop until `stop` is set, backing off exponentially while the broker is unreachable."""
-        delay = interval
+        """Loop until `stop` is set, backing off (backoff.relay) while the broker is unreachable."""
+        schedule = backoff.relay(interval)
+        failures = 0
         while not stop.is_set():
             try:
                 self.run_once()
-                delay = interval
+                failures, delay = 0, interval
             except FifoqError as exc:
+                delay = schedule.delay(failures)
+                failures += 1
                 log.warning("relay: %s (next try in %.1fs)", exc, delay)
-                delay = min(BACKOFF_MAX_SECONDS, delay * 2)
             stop.wait(delay)
 
     def start(self, stop: threading.Event, interval: float = 1.0) -> threading.Thread:

@@ -102,7 +102,8 @@ class Retention:
                 if removed:
                     report.lanes[lane["_id"]] = removed
                     report.removed += removed
-                self.ledger.lanes.prune_activity(lane, now)
+        for lane in self.ledger.lanes.all():  # the charts keep the last hour, whatever the retention
+            self.ledger.lanes.prune_activity(lane, now)
         audit_keep = self.settings.audit_retention if audit_older_than is None else audit_older_than
         if self.audit_col is not None and audit_keep > 0:
             res = self.audit_col.delete_many({"at": {"$lt": now - timedelta(seconds=audit_keep)}})

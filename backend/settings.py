@@ -196,7 +196,7 @@ class Settings(EnvSettings):
     poll_interval: float = setting("FIFOQ_POLL_INTERVAL", 0.5, ge=0.05, le=60.0)
     gap_grace: float = setting("FIFOQ_GAP_GRACE", 30.0, ge=0.0, le=86400.0)
     relay_min_age: float = setting("FIFOQ_RELAY_MIN_AGE", 10.0, ge=0.0, le=86400.0)
-    lanes: int = setting("FIFOQ_LANES", 4, ge=1, le=1000)  # lanes of actors with an ordering key
+    lanes: int = setting("FIFOQ_LANES", 4, ge=1, le=64)  # lanes of actors with an ordering key
     # How long a connector's claim on a message lasts without renewal. The runtime renews it while
     # the handler runs; a replica takes over a message left processing by a dead one only after
     # the lease expires, so this is also the longest a SIGKILL mid-handler delays the handover.

@@ -25,10 +25,10 @@ BENCHMARKS: dict[str, Callable[[Options], Table]] = {
     "latency": latency.run,
     "queues": queues.run,
     "console": console.run,
+    "compare": compare.run,
     "growth": growth.run,
     "ledger": ledger_cost.run,
     "soak": soak.run,
-    "compare": compare.run,
 }
 
 

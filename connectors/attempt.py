@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from backend import backoff
 from backend.errors import FifoqError, TransientError
 from backend.ledger import Ledger
 from backend.settings import Settings
@@ -89,7 +90,7 @@ class AttemptRunner:
             if stop.is_set():
                 self.ledger.note_attempt(doc, self.owner, "transient", err)
                 return Result(Ended.STOPPED, doc, err, seconds)
-            delay = min(self.settings.transient_backoff_max, self.settings.transient_backoff * (2**retry))
+            delay = backoff.transient(self.settings).delay(retry)
             retry += 1
             on_retry(doc, seconds)
             self.ledger.note_attempt(doc, self.owner, "transient", err)

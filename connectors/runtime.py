@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from backend import backoff
 from backend.errors import FifoqError, UnknownActor
 from backend.ledger import Ledger
 from backend.settings import Settings
 from connectors.registry import Registration, Registry
-from connectors.worker import RECONNECT_BACKOFF, LaneWorker, WorkerStats
+from connectors.worker import LaneWorker, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Runtime:
                 continue
             except FifoqError as exc:  # the ledger is down: keep waiting
                 log.warning("actor=%s cannot read its declaration yet: %s", reg.actor, exc)
-                self.stop_event.wait(RECONNECT_BACKOFF[-1])
+                self.stop_event.wait(backoff.RECONNECT.maximum)
                 continue
             log.info("actor=%s declared with %d lane(s): starting", reg.actor, int(doc.get("lanes", 1)))
             for t in self._start_lanes(reg, int(doc.get("lanes", 1)), drain=False):

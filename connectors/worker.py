@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from backend import backoff
 from backend import transitions as tr
 from backend.broker import ActorConsumer, Delivery
 from backend.errors import BrokerUnavailable, FifoqError, StoreError
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # seconds, the last one repeats
 # Drain mode: how long a confirmed message may stay undelivered to us before we take it that
 # another live replica holds it (a dead consumer's deliveries are requeued well within this).
 HANDOVER_GRACE_SECONDS = 5.0
@@ -86,6 +86,7 @@ class LaneWorker:
         self._last_resume = float("-inf")
         self._foreign_since: float | None = None
         self._ran = False  # the last step ran a handler
+        self._error_shown = False  # we recorded an unexpected error on the lane (cleared once healthy)
         self.drained = threading.Event()
 
     # -- state ---------------------------------------------------------------------------
@@ -158,9 +159,11 @@ class LaneWorker:
             self.state(fresh=True)
             while not stop.is_set():
                 try:
-                    if self._tick(drain):
-                        break
+                    done = self._tick(drain)
                     failures = 0
+                    self._clear_error()  # a turn of the loop went through: healthy again
+                    if done:
+                        break
                 except (BrokerUnavailable, ConnectionError) as exc:
                     failures = self._back_off(failures, "broker unavailable", exc)
                 except FifoqError as exc:  # the ledger is down: hold everything, retry
@@ -187,7 +190,7 @@ class LaneWorker:
     def _back_off(self, failures: int, what: str, exc: BaseException) -> int:
         self.release()
         self.cursor.forget()
-        delay = RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)]
+        delay = backoff.RECONNECT.delay(failures)
         log.warning("actor=%s %s (%s), retrying in %.1fs", self.name, what, exc, delay)
         self.stop.wait(delay)
         return failures + 1
@@ -197,8 +200,16 @@ class LaneWorker:
         try:
             self.ledger.lanes.col.update_one({"_id": lane_id(self.actor, self.lane)}, {"$set": {"worker_error": dict(
                 err.to_doc(), owner=self.owner, at=self.ledger.now())}})
+            self._error_shown = True
         except FifoqError:
             pass
+
+    def _clear_error(self) -> None:
+        """The worker is healthy again: the lane stops showing its last error (ours only)."""
+        if self._error_shown:
+            self.ledger.lanes.col.update_one({"_id": lane_id(self.actor, self.lane), "worker_error.owner": self.owner},
+                                             {"$unset": {"worker_error": ""}})
+            self._error_shown = False
 
     def _tick(self, drain: bool) -> bool:
         """One turn of the loop. True: the drain run is over."""
@@ -440,7 +451,7 @@ class LaneWorker:
             try:
                 return self.ledger.settle(doc, self.owner, err)
             except StoreError as exc:
-                delay = RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)]
+                delay = backoff.RECONNECT.delay(failures)
                 failures += 1
                 log.warning("actor=%s message=%s outcome not written yet (%s): retrying in %.1fs", self.name, doc["_id"], exc, delay)
                 end = time.monotonic() + delay

@@ -71,7 +71,7 @@ def prefix() -> str:
 # The ledger backends a test module runs on when it sets LEDGER_FLAVORS = ALL_FLAVORS: the
 # embedded store, mongomock behind the MongoDB code path (its own unique indexes and pymongo's
 # error classes, no embedded shortcuts), and a real MongoDB when MONGODB_TEST_URL is set (e.g.
-# the compose replica set: MONGODB_TEST_URL="mongodb://127.0.0.1:27017/?replicaSet=rs0").
+# the compose replica set's primary, its port published: see docs/operations.md).
 MONGODB_TEST_URL = os.environ.get("MONGODB_TEST_URL", "").strip()
 ALL_FLAVORS = ("embedded", "mongodb-path") + (("mongodb",) if MONGODB_TEST_URL else ())
 

@@ -24,7 +24,7 @@ from admin import timefmt
 from admin.users import UserStore
 from backend.app import Backend
 from tests.conftest import CHROMIUM
-from tests.helpers import PASSWORD, Blocked, wait_for
+from tests.helpers import Blocked, PASSWORD, set_json_editor, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -121,8 +121,8 @@ def test_admin_browser_every_page_fits_the_screen(backend: Backend, users: UserS
             page.screenshot(path=str(shots / f"admin-phone-{name}.png"), full_page=True)
     # the edit's confirmation step
     page.goto(f"{console_url}/messages/{blocked.failed_id}")
-    page.fill("textarea[name=payload]", '{"amount": 15, "customer": {"email": "a@example.com"}}')
-    page.click("#editor button[type=submit]")
+    set_json_editor(page, "#editor", '{"amount": 15, "customer": {"email": "a@example.com"}}')
+    page.click("#editor button:has-text('Check and show the diff')")
     page.locator("#diff").wait_for()
     assert_fits(page, f"edit confirmation at {size}")
     # the charts are drawn within their box

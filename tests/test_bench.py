@@ -27,7 +27,7 @@ def test_bench_quick_prints_a_table_with_ratios_per_benchmark() -> None:
     out = res.stdout
     assert out.startswith("machine: ") and "queue type quorum" in out
     sections = re.split(r"^### ", out, flags=re.M)[1:]
-    assert [s.split(".")[0] for s in sections] == ["1", "2", "3", "4", "5", "6"], out
+    assert [s.split(".")[0] for s in sections] == ["1", "2", "3", "4", "5", "6", "7", "8"], out
     for section in sections[:5]:
         assert "| measure | fifoq | raw baseline | baseline is | fifoq/baseline |" in section
         assert [line for line in section.splitlines() if RATIO_ROW.match(line)], section

@@ -113,3 +113,22 @@ def test_retention_of_the_audit_trail_has_its_own_limit(backend: Backend) -> Non
     time.sleep(0.01)  # the entry's time has millisecond precision
     assert _retention(backend).sweep_once(older_than=0, audit_older_than=NOW_ISH).audit_removed == 1
     assert backend.audit.find()[1] == 0
+
+
+def test_retention_the_console_says_how_long_settled_messages_are_kept_and_how_many_went(
+        backend: Backend, viewer) -> None:  # type: ignore[no-untyped-def]
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    for i in range(4):
+        backend.emit_event("x", {"i": i})
+    _drain(backend, "payment", Recorder())
+    assert _retention(backend).sweep_once(older_than=NOW_ISH).removed == 4
+    backend.ledger.lanes.col.update_one({"_id": "payment/0"}, {"$set": {"worker_error": {
+        "type": "RuntimeError", "message": "a bug in the worker", "traceback": "", "owner": "host:1", "at": backend.ledger.now()}}})
+    data = viewer.get("/api/actors/payment").get_json()
+    assert data["retention"] == {"seconds": backend.settings.retention, "audit_seconds": backend.settings.audit_retention,
+                                 "removed": 4}
+    assert data["counts"]["done"] == 4  # the counters keep what retention removed
+    page = viewer.get("/actors/payment").get_data(as_text=True)
+    assert "Settled messages are kept 7 d" in page and "4 removed so far" in page
+    assert "Worker error on lane 0" in page and "a bug in the worker" in page
