@@ -218,23 +218,23 @@ METER = OperationMeter()
 
 # -- the embedded store's O(1) lookups --------------------------------------------------------------
 class _FastCollection(mongomock_collection.Collection):
-    """mongomock, with the two lookups the ledger's hot path needs made O(1).
+    """mongomock, with the lookups the ledger needs made proportional to what they find.
 
     mongomock scans (and copies) every document of a collection for every query, including a
-    lookup by `_id` and each unique-index check on insert. This subclass serves `_id` equality and
-    `_id: {$in: [...]}` filters from mongomock's id map, and checks unique indexes against a map
-    of the keys it has seen (verified against the stored document, so deletes and updates need no
-    hook). It overrides private methods of mongomock 4.3.0, which pyproject.toml pins exactly;
-    tests/test_store_contract.py fails if the installed version moves.
+    lookup by `_id` and each unique-index check on insert. This subclass serves
+
+    - `_id` equality and `_id: {$in: [...]}` filters from mongomock's id map;
+    - an equality on the first field of a declared index (`actor`, `correlation_id`) from a map
+      of that field's values to the ids holding them, kept as documents are inserted;
+    - unique indexes from a map of the keys it has seen;
+
+    every candidate checked against the filter and the stored document, so deletes and updates
+    need no hook. It overrides private methods of mongomock 4.3.0, which pyproject.toml pins
+    exactly; tests/test_store_contract.py fails if the installed version moves.
     """
 
     def _iter_documents(self, filter: Any) -> Iterator[Any]:
-        ident = filter.get("_id") if isinstance(filter, dict) else None
-        ids: list[Any] | None = None
-        if isinstance(ident, str):
-            ids = [ident]
-        elif isinstance(ident, dict) and list(ident) == ["$in"] and all(isinstance(i, str) for i in ident["$in"]):
-            ids = list(dict.fromkeys(ident["$in"]))
+        ids = self._candidates(filter) if isinstance(filter, dict) else None
         if ids is None:
             return super()._iter_documents(filter)
         store = self._store
@@ -242,7 +242,44 @@ class _FastCollection(mongomock_collection.Collection):
         rest = {k: v for k, v in filter.items() if k != "_id"}
         return (d for d in docs if not rest or mongomock_filtering.filter_applies(rest, d))
 
+    def _candidates(self, filter: dict[str, Any]) -> list[Any] | None:
+        ident = filter.get("_id")
+        if isinstance(ident, str):
+            return [ident]
+        if isinstance(ident, dict) and list(ident) == ["$in"] and all(isinstance(i, str) for i in ident["$in"]):
+            return list(dict.fromkeys(ident["$in"]))
+        best: dict[Any, None] | None = None
+        for field, held in self._equality_maps().items():
+            value = filter.get(field)
+            if isinstance(value, str):
+                ids = held.get(value, {})
+                if best is None or len(ids) < len(best):
+                    best = ids
+        return None if best is None else list(best)  # in insertion order, as mongomock's scan
+
+    def _equality_maps(self) -> dict[str, dict[Any, dict[Any, None]]]:
+        """{field: {value: ids (an ordered set)}} for the first field of every declared index,
+        built once, then kept as documents are written."""
+        maps: dict[str, dict[Any, dict[Any, None]]] = self.__dict__.setdefault("_fifoq_equal", {})
+        for name, index in self._store.indexes.items():
+            field = index["key"][0][0]
+            if name == "_id_" or field in maps or "." in field:
+                continue
+            held: dict[Any, dict[Any, None]] = {}
+            for doc in self._store.documents:
+                value = doc.get(field)
+                if isinstance(value, str):
+                    held.setdefault(value, {})[doc["_id"]] = None
+            maps[field] = held
+        return maps
+
     def _ensure_uniques(self, new_data: Any) -> None:
+        # Called by mongomock after every insert and update: keep the equality maps, then check
+        # the unique indexes.
+        for field, held in self.__dict__.get("_fifoq_equal", {}).items():
+            value = new_data.get(field)
+            if isinstance(value, str):
+                held.setdefault(value, {})[new_data["_id"]] = None
         seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.setdefault("_fifoq_unique", {})
         store = self._store
         for name, index in store.indexes.items():
@@ -259,7 +296,6 @@ class _FastCollection(mongomock_collection.Collection):
                 if tuple(_dotted(other, f) for f in fields) == key:
                     raise mongo_errors.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
             keys[key] = new_data["_id"]
-
 
     # -- updates by id, in place (the hot path's claims, settles and folds) -----------------
     def fast_update(self, filter: Any, update: Any, want: str | None = None, projection: Any = None) -> Any:
@@ -278,8 +314,8 @@ class _FastCollection(mongomock_collection.Collection):
         if any(not isinstance(fields, dict) for fields in update.values()):
             return NOT_FAST
         touched = {path.split(".")[0] for fields in update.values() for path in fields}
-        if touched & self._unique_fields() or "_id" in touched:
-            return NOT_FAST
+        if touched & self._indexed_fields() or "_id" in touched:
+            return NOT_FAST  # mongomock's update keeps the unique keys and the equality maps
         try:
             doc = self._store[ident]
         except KeyError:
@@ -298,9 +334,11 @@ class _FastCollection(mongomock_collection.Collection):
         after = self.find_one({"_id": ident}, projection) if want == "after" else None
         return True, modified, before if want == "before" else after
 
-    def _unique_fields(self) -> set[str]:
-        return {k.split(".")[0] for name, index in self._store.indexes.items()
-                if index.get("unique") and name != "_id_" for k, _ in index["key"]}
+    def _indexed_fields(self) -> set[str]:
+        """Fields of a unique index, and first fields of any index."""
+        out = {k.split(".")[0] for name, index in self._store.indexes.items()
+               if index.get("unique") and name != "_id_" for k, _ in index["key"]}
+        return out | {index["key"][0][0].split(".")[0] for name, index in self._store.indexes.items() if name != "_id_"}
 
 
 def _update_one(raw: Any, filter: Any, update: Any) -> int:

@@ -95,6 +95,21 @@ def test_store_contract_id_lookups_apply_the_rest_of_the_filter(store: Store) ->
     assert [d["_id"] for d in col.find({"v": 0}).sort("_id", -1).limit(2)] == ["4", "2"]
 
 
+def test_store_contract_equality_on_an_indexed_field_finds_exactly_what_is_there(store: Store) -> None:
+    """The embedded store answers these from a map of the field's values (kept as documents are
+    written): the answers must be a server's, through inserts, deletes and changed values."""
+    col = store.col("q")
+    col.create_index([("corr", 1), ("at", 1)], name="corr_at")
+    col.insert_many([{"_id": f"m{i}", "corr": f"c{i % 3}", "at": i} for i in range(9)])
+    assert [d["_id"] for d in col.find({"corr": "c1"}).sort("at", 1)] == ["m1", "m4", "m7"]
+    col.delete_one({"_id": "m4"})
+    col.update_one({"_id": "m7"}, {"$set": {"corr": "c2"}})
+    col.insert_one({"_id": "m9", "corr": "c1", "at": 9})
+    assert [d["_id"] for d in col.find({"corr": "c1"}).sort("at", 1)] == ["m1", "m9"]
+    assert [d["_id"] for d in col.find({"corr": "c2", "at": {"$gte": 5}}).sort("at", 1)] == ["m5", "m7", "m8"]
+    assert col.count_documents({"corr": "nope"}) == 0
+
+
 def test_store_contract_one_call_is_atomic_under_concurrent_callers(store: Store) -> None:
     """Twenty threads race to take one document with a conditional find-and-modify: exactly one
     wins, as on a server (the embedded store's lock covers one call, never more)."""
