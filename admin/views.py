@@ -17,6 +17,7 @@ from admin.editing import preview_edit, save_and_replay
 from admin.params import message_filter, page_param, parse_json_text, pretty_json, text_filter
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import Role, UserStore
+from backend import ledger as ledger_module
 from backend.app import Backend
 from backend.errors import Conflict, NotFound, ValidationError
 
@@ -84,7 +85,8 @@ def actor(name: str) -> Any:
         skip=page.skip, limit=page.per_page, newest_first=flt.newest_first,
     )
     return render_template("actor.html", a=detail, messages=docs, total=total, page=page, flt=flt,
-                           pages=page.count(total))
+                           pages=page.count(total), search_cap=ledger_module.SEARCH_CAP,
+                           walk_cap=ledger_module.WALK_CAP)
 
 
 @bp.route("/actors/<name>/pause", methods=["POST"])

@@ -327,7 +327,8 @@ class Ledger(LedgerViews):
 
         A lane is a log: the page is read by walking the actor's lanes from their newest (or
         oldest) retained number, by id, in batches, merging lanes by creation time. The cost is
-        the messages walked to fill the page (at most WALK_CAP), never the actor's history, on
+        the messages walked to fill the page (at most WALK_CAP, SEARCH_CAP with a text search,
+        which reads whole payloads), never the actor's history, on
         MongoDB as on the embedded store. Every filter is a plain string/date: callers never pass
         raw query documents, so no operator can be injected. Without an actor, a correlation id
         is required (Ledger.trace)."""
@@ -340,7 +341,8 @@ class Ledger(LedgerViews):
             docs.sort(key=lambda d: (d["created_at"], d["seq"]), reverse=newest)
             return docs[skip:skip + limit], len(docs)
         lanes = self.lanes.of_actor(str(actor))
-        walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None)
+        walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None,
+                        cap=SEARCH_CAP if text else WALK_CAP)
         def predicate(d: dict[str, Any]) -> bool:
             return _matches(d, status, event, since, until, text, correlation_id)
 
@@ -597,14 +599,16 @@ class Ledger(LedgerViews):
 
 WALK_BATCH = 200  # numbers read per lane per step of a walk
 WALK_CAP = 20_000  # messages a walk reads at most for one page (a rare filter says "more than shown")
+SEARCH_CAP = 5_000  # the same for a text search, which reads and flattens every payload it walks
 
 
 class LaneWalk:
     """Reads an actor's lanes newest (or oldest) first, by id, and merges them by creation time."""
 
     def __init__(self, ledger: Ledger, lanes: list[dict[str, Any]], newest: bool,
-                 stop_before: datetime | None, stop_after: datetime | None) -> None:
+                 stop_before: datetime | None, stop_after: datetime | None, cap: int = WALK_CAP) -> None:
         self.ledger = ledger
+        self.cap = cap
         self.newest = newest
         self.stop_before = stop_before  # walking newest first: nothing older matters
         self.stop_after = stop_after  # walking oldest first: nothing newer matters
@@ -656,7 +660,7 @@ class LaneWalk:
         while len(out) < n:
             empty = [lid for lid, buf in self.buffers.items() if not buf and not self._exhausted(lid)]
             if empty:
-                if self.read >= WALK_CAP:
+                if self.read >= self.cap:
                     return out, False
                 self._fill(empty)
                 continue
@@ -772,6 +776,8 @@ def _flatten(value: Any) -> str:
 
 __all__ = [
     "GAP_EVENT",
+    "SEARCH_CAP",
+    "WALK_CAP",
     "Ledger",
     "as_aware",
     "error_fingerprint",
