@@ -10,10 +10,10 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from admin.consistency import consistency
+from admin.consistency import broker_lag, consistency
 from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI
 from backend.app import Backend
 from backend.errors import FifoqError, StoreError
@@ -104,9 +104,11 @@ _UNSET: Any = object()
 
 
 def actor_row(backend: Backend, doc: dict[str, Any], counts: dict[str, int], queues: list[QueueInfo] | None,
-              broker_error: str | None, now: datetime, head: dict[str, Any] | None = _UNSET) -> dict[str, Any]:
+              broker_error: str | None, now: datetime, head: dict[str, Any] | None = _UNSET,
+              arrivals: Any = None) -> dict[str, Any]:
     """One line of the board: ledger state, broker figures, what waits and since when. `head`: the
-    actor's oldest open message when the caller fetched every actor's at once (Ledger.heads)."""
+    actor's oldest open message when the caller fetched every actor's at once (Ledger.board);
+    `arrivals`: the board's count of recent arrivals (Ledger.board), else the ledger is asked."""
     name = doc["_id"]
     state = run_state(doc).value
     open_count = sum(counts.get(s, 0) for s in OPEN_STATUSES)
@@ -120,7 +122,10 @@ def actor_row(backend: Backend, doc: dict[str, Any], counts: dict[str, int], que
         paused = dict(paused, at=as_aware(paused.get("at")))
     queue = queue_summary(queues)
     oldest = as_aware(head.get("created_at")) if head else None
-    blocked_keys = len(backend.ledger.blocked_keys(name)) if doc.get("keyed") else 0
+    if "blocked_keys" in doc:  # derived by Ledger.actors / Ledger.board
+        blocked_keys = int(doc["blocked_keys"])
+    else:
+        blocked_keys = len(backend.ledger.blocked_keys(name)) if doc.get("keyed") else 0
     return {
         "name": name,
         "state": state,
@@ -138,7 +143,7 @@ def actor_row(backend: Backend, doc: dict[str, Any], counts: dict[str, int], que
         "oldest_open_at": oldest,
         "oldest_open_age_seconds": _age(oldest, now),
         "queue": queue,
-        "consistency": consistency(counts, queue, broker_error, actor=name, ledger=backend.ledger, now=now),
+        "consistency": consistency(counts, queue, broker_error, actor=name, ledger=arrivals or backend.ledger, now=now),
     }
 
 
@@ -150,6 +155,21 @@ def broker_only_row(actor: str, queues: list[QueueInfo]) -> dict[str, Any]:
         "head_message_id": None, "oldest_open_at": None, "oldest_open_age_seconds": None,
         "queue": queue_summary(queues), "consistency": None,
     }
+
+
+class Arrivals:
+    """`created_since` for the ledger-versus-broker check of every line of a board (see
+    admin.consistency), answered from the counts Ledger.board made for the same time; the ledger
+    is asked only where the board could not count."""
+
+    def __init__(self, ledger: Any, since: datetime, counted: dict[str, int | None]) -> None:
+        self.ledger = ledger
+        self.since = since
+        self.counted = counted
+
+    def created_since(self, actor: str, since: datetime) -> int:
+        found = self.counted.get(actor) if since == self.since else None
+        return self.ledger.created_since(actor, since) if found is None else int(found)
 
 
 def _broker_queues(api: RabbitAPI, prefix: str) -> tuple[dict[str, list[QueueInfo]] | None, str | None]:
@@ -177,8 +197,10 @@ def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_
     needle = name.strip().lower()
     ledger_error: BaseException | None = None
     try:
-        docs = backend.ledger.actors()
-        counts, heads = backend.ledger.summaries()
+        since = now - timedelta(seconds=broker_lag())
+        board = backend.ledger.board(arrived_since=since)
+        docs, counts, heads = board["actors"], board["counts"], board["heads"]
+        arrivals = Arrivals(backend.ledger, since, board["arrived"])
     except LEDGER_DOWN as exc:
         ledger_error = exc
     health, by_actor, broker_error = broker.result()
@@ -191,11 +213,11 @@ def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_
         for doc in docs:
             if needle and needle not in doc["_id"].lower():
                 continue
-            if blocked_only and not doc.get("blocked") and not (doc.get("keyed") and backend.ledger.blocked_keys(doc["_id"])):
+            if blocked_only and not doc.get("blocked") and not doc.get("blocked_keys"):
                 continue
             queues = None if by_actor is None else by_actor.get(doc["_id"], [])
             result.actors.append(actor_row(backend, doc, counts.get(doc["_id"], {}), queues, result.broker_error, now,
-                                           heads.get(doc["_id"])))
+                                           heads.get(doc["_id"]), arrivals=arrivals))
     except LEDGER_DOWN as exc:
         log.warning("overview: ledger unavailable: %s", exc)
         result.ledger_error = str(exc) if isinstance(exc, StoreError) else f"ledger unavailable: {type(exc).__name__}: {exc}"

@@ -48,7 +48,7 @@ def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_err
     if sample is _FROM_REQUEST:
         sample = request_sample()
     assert sample is None or isinstance(sample, Sample)
-    lag = sample.watch.broker_lag_seconds if sample is not None else AlertRules().broker_lag_seconds
+    lag = broker_lag(sample)
     queued = counts.get(Status.QUEUED.value, 0)
     pending = counts.get(Status.PENDING.value, 0)
     processing = counts.get(Status.PROCESSING.value, 0)
@@ -104,6 +104,14 @@ def consistency(counts: dict[str, int], queue: dict[str, Any] | None, broker_err
                            "duplicates or settled envelopes (consumers skip them)")
     _settled(sample, actor)
     return dict(out, status="ok", ok=True, explanation="the broker holds what the ledger expects")
+
+
+def broker_lag(sample: Sample | object | None = _FROM_REQUEST) -> float:
+    """How old the management API's figures may be (ADMIN_BROKER_STATS_LAG_SECONDS), from the
+    console's watch for this request (the default) or `sample`, else from the environment."""
+    if sample is _FROM_REQUEST:
+        sample = request_sample()
+    return sample.watch.broker_lag_seconds if isinstance(sample, Sample) else AlertRules().broker_lag_seconds
 
 
 def _arrived_since(ledger: Any, actor: str | None, now: datetime, lag: float) -> int:

@@ -119,11 +119,12 @@ class Lanes:
             return {}
         return {d["_id"]: d for d in self.col.find({"_id": {"$in": ids}})}
 
-    def of_actor(self, actor: str) -> list[dict[str, Any]]:
-        return list(self.col.find({"actor": actor}).sort("lane", 1))
+    def of_actor(self, actor: str, projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        return list(self.col.find({"actor": actor}, projection).sort("lane", 1))
 
-    def all(self) -> list[dict[str, Any]]:
-        return list(self.col.find({}).sort([("actor", 1), ("lane", 1)]))
+    def all(self, projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        # Sorted here: the same on any store, and the embedded one sorts slowly.
+        return sorted(self.col.find({}, projection), key=lambda d: (d["actor"], d["lane"]))
 
     # -- writes
     def allocate(self, actor: str, lane: int, count: int, now: datetime) -> int:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from backend.ledger import Ledger
 
 OPEN_SCAN = 1000  # per lane: above this many open messages the rest count as queued
+# A lane's allocation log and per-minute activity are the bulk of its document and no view but
+# the charts reads them: left out of every other snapshot.
+LANE_VIEW_PROJECTION = {"alloc": 0, "activity": 0}
 
 
 def _ids(lane: dict[str, Any], seqs: Iterable[int]) -> list[str]:
@@ -49,9 +52,14 @@ def _block(doc: dict[str, Any], key: str | None) -> dict[str, Any]:
 class LaneSnapshot:
     """The lanes of some actors and the messages that matter, read in three queries."""
 
-    def __init__(self, ledger: Ledger, actors: list[str] | None, scan_open: bool) -> None:
-        lanes = ledger.lanes.all() if actors is None else [d for a in actors for d in ledger.lanes.of_actor(a)]
+    def __init__(self, ledger: Ledger, actors: list[str] | None, scan_open: bool, activity: bool = False) -> None:
+        projection = None if activity else LANE_VIEW_PROJECTION
+        lanes = (ledger.lanes.all(projection) if actors is None
+                 else [d for a in actors for d in ledger.lanes.of_actor(a, projection)])
         self.lanes = lanes
+        self.by_actor: dict[str, list[dict[str, Any]]] = {}
+        for lane in lanes:
+            self.by_actor.setdefault(lane["actor"], []).append(lane)
         wanted: list[str] = []
         for lane in lanes:
             w, top = int(lane["w"]), int(lane["next"]) - 1
@@ -78,6 +86,22 @@ class LaneSnapshot:
     def custody(self, lane: dict[str, Any]) -> list[dict[str, Any]]:
         out = [self.doc(lane, e["s"]) for e in lane.get("custody", [])]
         return sorted((d for d in out if d is not None), key=lambda d: d["seq"])
+
+    def open_created_since(self, actor: str, since: datetime) -> int | None:
+        """How many of the actor's open messages were created at or after `since`, from what was
+        read; None when a lane holds more open messages than the snapshot read (ask the ledger)."""
+        from backend.ledger import as_aware
+
+        n = 0
+        for lane in self.by_actor.get(actor, []):
+            w, top = int(lane["w"]), int(lane["next"]) - 1
+            if top - w > OPEN_SCAN:
+                return None
+            for seq in range(w + 1, top + 1):
+                doc = self.doc(lane, seq)
+                if doc is not None and not tr.is_final(doc["status"]) and as_aware(doc["created_at"]) >= since:
+                    n += 1
+        return n
 
     def counts(self, lane: dict[str, Any]) -> dict[str, int]:
         """Messages of the lane by status: settled ones from its counters, open ones read."""
@@ -111,8 +135,8 @@ class LedgerViews:
         def actor_doc(self, actor: str) -> dict[str, Any]: ...
         def actor_docs(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
 
-    def snapshot(self, actors: list[str] | None = None, *, scan_open: bool = True) -> LaneSnapshot:
-        return LaneSnapshot(self, actors, scan_open)  # type: ignore[arg-type]  # self is the Ledger
+    def snapshot(self, actors: list[str] | None = None, *, scan_open: bool = True, activity: bool = False) -> LaneSnapshot:
+        return LaneSnapshot(self, actors, scan_open, activity)  # type: ignore[arg-type]  # self is the Ledger
 
     # -- actors with their derived state ----------------------------------------------------------
     def actor(self, actor: str) -> dict[str, Any]:
@@ -127,8 +151,25 @@ class LedgerViews:
         snap = self.snapshot(None if names is None else [d["_id"] for d in docs], scan_open=False)
         return [self._with_state(d, snap) for d in docs]
 
+    def board(self, arrived_since: datetime | None = None) -> dict[str, Any]:
+        """What the overview shows, from one snapshot (plain data, so that a served ledger can
+        answer it): `actors`, every actor's document with its derived state (as `actors()`);
+        `counts` and `heads`, the status counts and oldest open message per actor (as
+        `summaries()`); `arrived`, per actor, how many of its open messages were created at or
+        after `arrived_since` (None for an actor with more open messages than the snapshot read:
+        ask `created_since`). The console's ledger-versus-broker check needs no more: the
+        broker's figures, up to a lag old, can be short by at most the messages that arrived
+        since and are still open, since those settled meanwhile left the open count too."""
+        docs = self.actor_docs()
+        snap = self.snapshot(None)
+        counts, heads = self._summaries(snap)
+        arrived = ({} if arrived_since is None
+                   else {d["_id"]: snap.open_created_since(d["_id"], arrived_since) for d in docs})
+        return {"actors": [self._with_state(d, snap) for d in docs], "counts": counts, "heads": heads,
+                "arrived": arrived}
+
     def _with_state(self, doc: dict[str, Any], snap: LaneSnapshot) -> dict[str, Any]:
-        lanes = [lane_ for lane_ in snap.lanes if lane_["actor"] == doc["_id"]]
+        lanes = snap.by_actor.get(doc["_id"], [])
         blocked = None
         keys: set[str] = set()
         for lane in lanes:
@@ -203,7 +244,10 @@ class LedgerViews:
 
     def summaries(self, actors: list[str] | None = None) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
         """(status counts per actor, oldest open message per actor) in one snapshot."""
-        snap = self.snapshot(actors)
+        return self._summaries(self.snapshot(actors))
+
+    @staticmethod
+    def _summaries(snap: LaneSnapshot) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
         counts: dict[str, dict[str, int]] = {}
         heads: dict[str, dict[str, Any]] = {}
         for lane in snap.lanes:
@@ -246,7 +290,7 @@ class LedgerViews:
                 per = out[kind].setdefault(actor, {})
                 per[m] = per.get(m, 0) + n
 
-        snap = self.snapshot(None, scan_open=False)
+        snap = self.snapshot(None, scan_open=False, activity=True)
         for lane in snap.lanes:
             for m, kinds in (lane.get("activity") or {}).items():
                 add("done", lane["actor"], m, int(kinds.get("done", 0)))

@@ -217,6 +217,45 @@ METER = OperationMeter()
 
 
 # -- the embedded store's O(1) lookups --------------------------------------------------------------
+_ATOMS = (str, int, float, bool, type(None), bytes)
+
+
+def _copy_document(value: Any, container: Any, aware: bool) -> Any:
+    """A copy of a stored value as a mongomock cursor returns it: mappings as `container`, lists
+    and tuples as lists, datetimes (stored naive, in UTC) made aware when `aware`, the immutable
+    atoms shared instead of copied one by one."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is datetime:
+        return value.replace(tzinfo=helpers.utc) if aware else value
+    if isinstance(value, dict):  # upserted documents are stored as OrderedDicts
+        new = container()
+        for key, item in value.items():
+            new[key] = item if type(item) in _ATOMS else _copy_document(item, container, aware)
+        return new
+    if isinstance(value, (list, tuple)):
+        return [item if type(item) in _ATOMS else _copy_document(item, container, aware) for item in value]
+    out = mongomock_collection._copy_field(value, container)
+    return helpers.make_datetime_timezone_aware_in_document(out) if aware else out
+
+
+class _FastCursor(mongomock_collection.Cursor):
+    """mongomock's cursor over a _FastCollection, whose documents come out of
+    _FastCollection._copy_only_fields already copied and made aware: it does not copy them again."""
+
+    def _compute_results(self, with_limit_and_skip: bool = False) -> Any:
+        if not self._results or self._factory_last_generated_results != self._factory:
+            self._results = list(self._factory())
+            self._factory_last_generated_results = self._factory
+        results = self._results
+        if with_limit_and_skip:
+            results = results[self._skip:]
+            if self._limit:
+                results = results[:abs(self._limit)]
+        return results
+
+
 class _FastCollection(mongomock_collection.Collection):
     """mongomock, with the lookups the ledger needs made proportional to what they find.
 
@@ -232,6 +271,31 @@ class _FastCollection(mongomock_collection.Collection):
     need no hook. It overrides private methods of mongomock 4.3.0, which pyproject.toml pins
     exactly; tests/test_store_contract.py fails if the installed version moves.
     """
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = super().find(*args, **kwargs)
+        cursor.__class__ = _FastCursor  # the same cursor, without its second copy (below)
+        return cursor
+
+    def _copy_only_fields(self, doc: Any, fields: Any, container: Any) -> Any:
+        # mongomock copies every value of every document a cursor returns (through copy.copy,
+        # atoms included), then its cursor rebuilds every dict and list of it again to make its
+        # datetimes aware (the store's codec is tz_aware). Here a document is copied once, its
+        # datetimes made aware on the way (when the codec says so) and its immutable atoms
+        # shared, and _FastCursor skips the second pass. Projections that only leave top-level
+        # fields out are done here too; any other goes to mongomock, its result made aware.
+        aware = bool(self.codec_options.tz_aware)
+        if fields is None or fields == {}:
+            return _copy_document(doc, container, aware)
+        if (isinstance(fields, dict) and all(v == 0 for v in fields.values())
+                and not any("." in k or k.startswith("$") for k in fields)):
+            new = container()
+            for key, value in doc.items():
+                if key not in fields:
+                    new[key] = _copy_document(value, container, aware)
+            return new
+        out = super()._copy_only_fields(doc, fields, container)
+        return helpers.make_datetime_timezone_aware_in_document(out) if aware else out
 
     def _iter_documents(self, filter: Any) -> Iterator[Any]:
         ids = self._candidates(filter) if isinstance(filter, dict) else None
@@ -249,8 +313,8 @@ class _FastCollection(mongomock_collection.Collection):
         if isinstance(ident, dict) and list(ident) == ["$in"] and all(isinstance(i, str) for i in ident["$in"]):
             return list(dict.fromkeys(ident["$in"]))
         best: dict[Any, None] | None = None
-        for field, held in self._equality_maps().items():
-            value = filter.get(field)
+        for name, held in self._equality_maps().items():
+            value = filter.get(name)
             if isinstance(value, str):
                 ids = held.get(value, {})
                 if best is None or len(ids) < len(best):
@@ -276,8 +340,8 @@ class _FastCollection(mongomock_collection.Collection):
     def _ensure_uniques(self, new_data: Any) -> None:
         # Called by mongomock after every insert and update: keep the equality maps, then check
         # the unique indexes.
-        for field, held in self.__dict__.get("_fifoq_equal", {}).items():
-            value = new_data.get(field)
+        for key, held in self.__dict__.get("_fifoq_equal", {}).items():
+            value = new_data.get(key)
             if isinstance(value, str):
                 held.setdefault(value, {})[new_data["_id"]] = None
         seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.setdefault("_fifoq_unique", {})

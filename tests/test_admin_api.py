@@ -54,7 +54,7 @@ def test_admin_api_ledger_down_is_503_with_the_reason(viewer: FlaskClient, backe
     def down(*a, **k):
         raise StoreError("ledger unavailable: no primary")
 
-    monkeypatch.setattr(backend.ledger, "actors", down)
+    monkeypatch.setattr(backend.ledger, "board", down)
     resp = viewer.get("/api/overview")
     assert resp.status_code == 503 and "no primary" in resp.get_json()["ledger_error"]
     monkeypatch.setattr(backend.store, "op", down)

@@ -24,7 +24,7 @@ from admin import timefmt
 from admin.users import UserStore
 from backend.app import Backend
 from tests.conftest import CHROMIUM
-from tests.helpers import Blocked, PASSWORD, set_json_editor, wait_for
+from tests.helpers import PASSWORD, Blocked, set_json_editor, wait_for
 
 pytestmark = pytest.mark.browser
 

@@ -60,7 +60,7 @@ def test_admin_views_overview_says_ledger_unreachable(viewer: FlaskClient, backe
     def down(*args, **kwargs):
         raise StoreError("ledger unavailable: connection refused")
 
-    monkeypatch.setattr(backend.ledger, "actors", down)
+    monkeypatch.setattr(backend.ledger, "board", down)
     resp = viewer.get("/")
     page = text(resp)
     assert resp.status_code == 503

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,18 @@ def test_ledger_contract_counts_and_activity_come_from_the_fold_not_a_scan(ledge
     ledger.lanes.advance(ledger.lane("payment"), 3, tally)
     assert ledger.status_counts("payment")["payment"] == {"done": 3}
     assert sum(ledger.lane("payment")["activity"][m].get("created", 0) for m in ledger.lane("payment")["activity"]) == 3
+
+
+def test_store_contract_a_document_read_is_a_copy_whatever_the_caller_does_with_it(store: Store) -> None:
+    col = store.col("copies")
+    col.insert_one({"_id": "a", "nested": {"list": [1, {"deep": "x"}]}, "at": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+    for read in (col.find_one({"_id": "a"}), next(iter(col.find({}))), next(iter(col.find({}, {"at": 0})))):
+        assert read is not None
+        read["nested"]["list"][1]["deep"] = "changed"
+        read["nested"]["list"].append(2)
+        read["nested"]["new"] = True
+    stored = col.find_one({"_id": "a"})
+    assert stored is not None
+    assert stored["nested"] == {"list": [1, {"deep": "x"}]}
+    assert stored["at"] == datetime(2026, 1, 1, tzinfo=timezone.utc) and stored["at"].tzinfo is not None
+    assert "at" not in col.find_one({"_id": "a"}, {"at": 0})
