@@ -58,7 +58,7 @@ chromium:
 	@scripts/ensure_chromium.sh
 
 test: venv broker tools chromium
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q --durations=25
 
 demo: venv broker
 	$(VPY) -m demo

@@ -50,7 +50,8 @@ ASCENDING = pymongo.ASCENDING
 DESCENDING = pymongo.DESCENDING
 RETURN_AFTER = pymongo.ReturnDocument.AFTER
 RETURN_BEFORE = pymongo.ReturnDocument.BEFORE
-# The embedded store's O(1) lookups override two private methods of this exact release.
+# The embedded store overrides private methods of this exact release (its lookups through
+# equality maps, its uniqueness check, one copy per document read: _FastCollection, _FastCursor).
 MONGOMOCK_VERSION = "4.3.0"
 CLOCK_REFRESH_SECONDS = 60.0
 # mongomock behind the MongoDB code path: the tests' second ledger backend (see the docstring).

@@ -149,6 +149,7 @@ def test_admin_browser_phone_forms_work(backend: Backend, users: UserStore, bloc
     page.select_option("select[name=sort]", "oldest")
     page.select_option("select[name=status]", "queued")
     page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r".*[?&]sort=oldest"))  # the filtered page loaded, its stylesheet applied
     links = page.locator("#messages tbody a").all_inner_texts()
     assert links == ["3", "4", "5"]
     # a table wider than the phone scrolls in its own box, its first column staying in view
