@@ -16,7 +16,8 @@ into `error: ...` and exit code 2.
 The groups: `Settings` (broker, ledger, queues and delivery: every process), `LogSettings`
 (backend.logs), `backend.ledger_server.LedgerClientSettings`, `admin.config.AdminConfig`,
 `admin.alerts.AlertRules`, `admin.throttle.ThrottleConfig`, `admin.server.ServerConfig`,
-`admin.releases.ReleaseSettings`, the demo's `demo.cli.DemoSettings` and the benchmarks'
+`admin.releases.ReleaseSettings`, `admin.notify_settings.NotifySettings` (plus its per-actor
+variables, read by prefix and checked by the same rules), the demo's `demo.cli.DemoSettings` and the benchmarks'
 `bench.common.BenchSettings`.
 """
 from __future__ import annotations

@@ -116,7 +116,7 @@ def settings_groups() -> list[type]:
 
     from backend.settings import EnvSettings
 
-    for module in ("admin.alerts", "admin.config", "admin.releases", "admin.server", "admin.throttle",
+    for module in ("admin.alerts", "admin.config", "admin.notify_settings", "admin.releases", "admin.server", "admin.throttle",
                    "backend.ledger_server", "bench.common", "demo.cli"):
         importlib.import_module(module)  # they define groups
 
@@ -144,7 +144,7 @@ EMPTY_MEANS_DEFAULT = {"RABBITMQ_API_CA"}
 def test_config_docs_settings_groups_are_all_found() -> None:
     names = {group.__name__ for group in settings_groups()}
     assert {"Settings", "LogSettings", "AdminConfig", "AlertRules", "ThrottleConfig", "ServerConfig",
-            "ReleaseSettings", "LedgerClientSettings", "DemoSettings"} <= names, names
+            "ReleaseSettings", "LedgerClientSettings", "DemoSettings", "NotifySettings"} <= names, names
 
 
 def test_config_docs_env_example_defaults_match_the_settings_defaults() -> None:

@@ -18,6 +18,7 @@ from admin.notify_settings import NotifySettings
 from backend.app import Backend
 from backend.errors import ConfigError
 from backend.ledger import utcnow
+from backend.settings import EnvSettings
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.helpers import Blocked, Recorder
@@ -222,28 +223,72 @@ def test_notifier_gives_up_after_the_configured_time_and_moves_on(backend: Backe
     assert len(receiver.requests) == tried
 
 
-@pytest.mark.parametrize("env,variable", [
-    ({"ADMIN_NOTIFY_URL": "ftp://hooks.example.com", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL"),
-    ({"ADMIN_NOTIFY_URL": "https://hooks.example.com"}, "ADMIN_NOTIFY_SECRET"),
-    ({"ADMIN_NOTIFY_URL": "https://hooks.example.com", "ADMIN_NOTIFY_SECRET": "short"}, "ADMIN_NOTIFY_SECRET"),
-    ({"ADMIN_NOTIFY_URL_PAYMENT": "https://pay.example.com"}, "ADMIN_NOTIFY_SECRET_PAYMENT"),
-    ({"ADMIN_NOTIFY_URL_PAYMENT": "not a url", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL_PAYMENT"),
-    ({"ADMIN_NOTIFY_URL": "https://h.example.com", "ADMIN_NOTIFY_SECRET": SECRET, "ADMIN_NOTIFY_RETRY_SECONDS": "0"},
-     "ADMIN_NOTIFY_RETRY_SECONDS"),
+GOOD = {"ADMIN_NOTIFY_URL": "https://h.example.com", "ADMIN_NOTIFY_SECRET": SECRET}
+
+
+@pytest.mark.parametrize("env,message", [
+    # the default receiver and its secret
+    ({"ADMIN_NOTIFY_URL": "ftp://hooks.example.com", "ADMIN_NOTIFY_SECRET": SECRET},
+     "ADMIN_NOTIFY_URL: 'ftp://hooks.example.com' must be an http:// or https:// URL with a host"),
+    ({"ADMIN_NOTIFY_URL": "https:///no-host", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL: 'https:///no-host' must be"),
+    ({"ADMIN_NOTIFY_URL": "https://h.example.com:99999/", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL: "),
+    ({"ADMIN_NOTIFY_URL": "ftp://u:pw-s3cret@hooks.example.com", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL: 'ftp://u:***@hooks"),
+    ({"ADMIN_NOTIFY_URL": "https://hooks.example.com"}, "ADMIN_NOTIFY_URL needs a secret: set ADMIN_NOTIFY_SECRET"),
+    ({"ADMIN_NOTIFY_URL": "https://hooks.example.com", "ADMIN_NOTIFY_SECRET": "tooshort-s3cret"},
+     "ADMIN_NOTIFY_SECRET: must be at least 16 characters long"),
+    # per actor
+    ({"ADMIN_NOTIFY_URL_PAYMENT": "https://pay.example.com"}, "ADMIN_NOTIFY_URL_PAYMENT needs a secret: set ADMIN_NOTIFY_SECRET_PAYMENT"),
+    ({"ADMIN_NOTIFY_URL_PAYMENT": "not a url", "ADMIN_NOTIFY_SECRET": SECRET},
+     "ADMIN_NOTIFY_URL_PAYMENT: 'not a url' must be an http:// or https:// URL with a host"),
+    ({"ADMIN_NOTIFY_URL_PAYMENT": "https://", "ADMIN_NOTIFY_SECRET": SECRET}, "ADMIN_NOTIFY_URL_PAYMENT: 'https://' must be"),
+    ({"ADMIN_NOTIFY_URL_PAYMENT": "ftp://u:pw-s3cret@pay.example.com", "ADMIN_NOTIFY_SECRET": SECRET},
+     "ADMIN_NOTIFY_URL_PAYMENT: 'ftp://u:***@pay"),
+    ({**GOOD, "ADMIN_NOTIFY_SECRET_PAYMENT": "tooshort-s3cret"}, "ADMIN_NOTIFY_SECRET_PAYMENT: must be at least 16 characters long"),
+    # the numbers: > 0 and finite
+    ({**GOOD, "ADMIN_NOTIFY_RETRY_SECONDS": "0"}, "ADMIN_NOTIFY_RETRY_SECONDS='0': must be > 0"),
+    ({**GOOD, "ADMIN_NOTIFY_INTERVAL_SECONDS": "soon"}, "ADMIN_NOTIFY_INTERVAL_SECONDS='soon': is not a number"),
+    ({**GOOD, "ADMIN_NOTIFY_TIMEOUT_SECONDS": "-1"}, "ADMIN_NOTIFY_TIMEOUT_SECONDS='-1': must be > 0"),
+    ({**GOOD, "ADMIN_NOTIFY_GIVE_UP_HOURS": "inf"}, "ADMIN_NOTIFY_GIVE_UP_HOURS='inf': is not a finite number"),
+    ({**GOOD, "ADMIN_NOTIFY_RETRY_SECONDS": "nan"}, "ADMIN_NOTIFY_RETRY_SECONDS='nan': is not a finite number"),
+    # the console's address
+    ({**GOOD, "ADMIN_PUBLIC_URL": "console.example.com"}, "ADMIN_PUBLIC_URL: 'console.example.com' must be an http:// or https:// URL"),
+    ({"ADMIN_PUBLIC_URL": "ftp://console.example.com"}, "ADMIN_PUBLIC_URL: 'ftp://console.example.com' must be"),
 ])
-def test_notifier_settings_are_validated_at_start_up(env: dict[str, str], variable: str) -> None:
-    with pytest.raises(ConfigError, match=variable):
+def test_notifier_settings_are_validated_at_start_up(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
         NotifySettings.from_env(env)
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text  # one line, naming the variable first
+    assert "s3cret" not in text and SECRET not in text  # neither a secret nor a URL's password
+
+
+def test_notifier_settings_are_a_settings_group_of_the_one_parser() -> None:
+    assert issubclass(NotifySettings, EnvSettings)
+    assert set(NotifySettings.variables()) == {
+        "ADMIN_NOTIFY_URL", "ADMIN_NOTIFY_SECRET", "ADMIN_NOTIFY_INTERVAL_SECONDS", "ADMIN_NOTIFY_TIMEOUT_SECONDS",
+        "ADMIN_NOTIFY_RETRY_SECONDS", "ADMIN_NOTIFY_GIVE_UP_HOURS", "ADMIN_PUBLIC_URL"}
+    d = NotifySettings.from_env({})
+    assert (d.interval_seconds, d.timeout_seconds, d.retry_seconds, d.give_up_hours) == (5, 10, 5, 24)
+    assert (d.default_url, d.public_url, d.urls, d.secrets, d.configured) == (None, None, {}, {}, False)
+    s = NotifySettings.from_env({**GOOD, "ADMIN_NOTIFY_INTERVAL_SECONDS": " 0.5 ", "ADMIN_NOTIFY_GIVE_UP_HOURS": "",
+                                 "ADMIN_PUBLIC_URL": " https://console.example.com/ "})
+    assert (s.interval_seconds, s.give_up_hours, s.public_url) == (0.5, 24, "https://console.example.com")
 
 
 def test_notifier_settings_per_actor_with_a_default() -> None:
     s = NotifySettings.from_env({"ADMIN_NOTIFY_URL": "https://all.example.com/h", "ADMIN_NOTIFY_SECRET": SECRET,
                                  "ADMIN_NOTIFY_URL_CHAT_ALICE": "https://alice.example.com/h",
-                                 "ADMIN_NOTIFY_SECRET_PAYMENT": PAYMENT_SECRET, "ADMIN_NOTIFY_URL_ANALYTICS": "off"})
+                                 "ADMIN_NOTIFY_SECRET_PAYMENT": PAYMENT_SECRET, "ADMIN_NOTIFY_URL_ANALYTICS": "off",
+                                 "ADMIN_NOTIFY_URL_SHIPPING": " ", "ADMIN_NOTIFY_URL_": "ignored"})
     assert (s.target("chat-alice").url, s.target("chat-alice").secret) == ("https://alice.example.com/h", SECRET)
     assert (s.target("payment").url, s.target("payment").secret) == ("https://all.example.com/h", PAYMENT_SECRET)
+    # off: nothing; empty, like any variable: not set, the default applies
     assert s.target("analytics") is None and s.target("shipping").url == "https://all.example.com/h"
-    assert SECRET not in repr(s) and NotifySettings.from_env({}).configured is False
+    assert SECRET not in repr(s) and PAYMENT_SECRET not in repr(s) and NotifySettings.from_env({}).configured is False
+    only = NotifySettings.from_env({"ADMIN_NOTIFY_URL_PAYMENT": "https://u:pw-s3cret@pay.example.com/h",
+                                    "ADMIN_NOTIFY_SECRET_PAYMENT": PAYMENT_SECRET})
+    assert only.configured and only.target("shipping") is None and only.target("payment").secret == PAYMENT_SECRET
+    assert "pw-s3cret" not in repr(only) and "https://u:***@pay.example.com/h" in repr(only)
 
 
 def test_notifier_cli_refuses_bad_settings_in_one_line(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
