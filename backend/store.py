@@ -268,9 +268,11 @@ class _FastCollection(mongomock_collection.Collection):
       of that field's values to the ids holding them, kept as documents are inserted;
     - unique indexes from a map of the keys it has seen;
 
-    every candidate checked against the filter and the stored document, so deletes and updates
-    need no hook. It overrides private methods of mongomock 4.3.0, which pyproject.toml pins
-    exactly; tests/test_store_contract.py fails if the installed version moves.
+    every candidate checked against the filter and the stored document, so an update needs no
+    hook; a delete takes the document's entries out of both maps (else they would grow with
+    every message ever stored, whatever the retention). It overrides private methods of
+    mongomock 4.3.0, which pyproject.toml pins exactly; tests/test_store_contract.py fails if
+    the installed version moves.
     """
 
     def find(self, *args: Any, **kwargs: Any) -> Any:
@@ -338,15 +340,51 @@ class _FastCollection(mongomock_collection.Collection):
             maps[field] = held
         return maps
 
-    def _ensure_uniques(self, new_data: Any) -> None:
-        # Called by mongomock after every insert and update: keep the equality maps, then check
-        # the unique indexes.
+    def _delete(self, filter: Any, collation: Any = None, hint: Any = None, multi: bool = False,
+                session: Any = None) -> Any:
+        # mongomock's delete (one find, then each match removed by id), which also forgets each
+        # removed document in the equality maps and the unique keys.
+        if hint or collation or session:
+            return super()._delete(filter, collation=collation, hint=hint, multi=multi, session=session)
+        filter = helpers.patch_datetime_awareness_in_document(filter)
+        if filter is None:
+            filter = {}
+        if not isinstance(filter, dict):
+            filter = {"_id": filter}
+        victims = [doc for doc in self._iter_documents(filter) if mongomock_filtering.filter_applies(filter, doc)]
+        if not multi:
+            victims = victims[:1]
+        for doc in victims:
+            del self._store[doc["_id"]]
+            self._forget(doc)
+        return {"connectionId": self.database.client._id, "n": len(victims), "ok": 1.0, "err": None}
+
+    def _forget(self, doc: dict[str, Any]) -> None:
+        ident = doc["_id"]
         for key, held in self.__dict__.get("_fifoq_equal", {}).items():
-            value = new_data.get(key)
-            if isinstance(value, str):
-                held.setdefault(value, {})[new_data["_id"]] = None
+            value = doc.get(key)
+            ids = held.get(value) if isinstance(value, str) else None
+            if ids is not None:
+                ids.pop(ident, None)
+                if not ids:
+                    del held[value]
+        seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.get("_fifoq_unique", {})
+        for name, keys in seen.items():
+            index = self._store.indexes.get(name)
+            if index is None:
+                continue
+            key = tuple(_dotted(doc, f) for f, _ in index["key"])
+            if keys.get(key) == ident:
+                del keys[key]
+
+    def _ensure_uniques(self, new_data: Any) -> None:
+        # Called by mongomock after every insert and update: check the unique indexes, then (the
+        # write stands) record its keys and its values in the equality maps. A refused insert
+        # records nothing, so that mongomock's rollback leaves nothing behind.
         seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.setdefault("_fifoq_unique", {})
         store = self._store
+        ident = new_data["_id"]
+        claimed: list[tuple[dict[tuple[Any, ...], Any], tuple[Any, ...]]] = []
         for name, index in store.indexes.items():
             if not index.get("unique") or name == "_id_":
                 continue
@@ -356,11 +394,17 @@ class _FastCollection(mongomock_collection.Collection):
                 continue
             keys = seen.setdefault(name, {})
             holder = keys.get(key)
-            if holder is not None and holder != new_data["_id"] and holder in store:
+            if holder is not None and holder != ident and holder in store:
                 other = store[holder]
                 if tuple(_dotted(other, f) for f in fields) == key:
                     raise mongo_errors.DuplicateKeyError("E11000 Duplicate Key Error", 11000)
-            keys[key] = new_data["_id"]
+            claimed.append((keys, key))
+        for keys, key in claimed:
+            keys[key] = ident
+        for name, held in self.__dict__.get("_fifoq_equal", {}).items():
+            value = new_data.get(name)
+            if isinstance(value, str):
+                held.setdefault(value, {})[ident] = None
 
     # -- updates by id, in place (the hot path's claims, settles and folds) -----------------
     def fast_update(self, filter: Any, update: Any, want: str | None = None, projection: Any = None) -> Any:

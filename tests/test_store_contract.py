@@ -339,3 +339,26 @@ def test_store_contract_a_document_read_is_a_copy_whatever_the_caller_does_with_
     assert stored["nested"] == {"list": [1, {"deep": "x"}]}
     assert stored["at"] == datetime(2026, 1, 1, tzinfo=timezone.utc) and stored["at"].tzinfo is not None
     assert "at" not in col.find_one({"_id": "a"}, {"at": 0})
+
+
+def test_store_contract_deleted_documents_leave_nothing_behind(store: Store) -> None:
+    """Retention deletes settled messages for ever: what a store keeps for its lookups (on the
+    embedded store, its maps of unique keys and of indexed values) must shrink with them, refused
+    inserts must leave nothing, and the answers stay a server's."""
+    col = store.col("gone")
+    col.create_index([("actor", 1), ("event_id", 1)], unique=True, name="u")
+    col.create_index([("corr", 1)], name="corr")
+    col.insert_many([{"_id": f"m{i}", "actor": "a", "event_id": f"e{i}", "corr": f"c{i}"} for i in range(300)])
+    assert [d["_id"] for d in col.find({"corr": "c7"})] == ["m7"]  # the maps exist from here on
+    with pytest.raises(DuplicateKey):
+        col.insert_one({"_id": "dup", "actor": "a", "event_id": "e1", "corr": "c-dup"})
+    col.delete_many({"_id": {"$in": [f"m{i}" for i in range(0, 300, 2)]}})  # by ids, as retention does
+    col.delete_many({"corr": {"$in": [f"c{i}" for i in range(3, 300, 2)]}})  # by another filter
+    col.delete_one({"actor": "a", "event_id": "e1"})
+    assert col.count_documents({}) == 0 and list(col.find({"corr": "c-dup"})) == []
+    col.insert_one({"_id": "m1", "actor": "a", "event_id": "e1", "corr": "c1"})  # every key is free again
+    assert [d["_id"] for d in col.find({"corr": "c1"})] == ["m1"] and list(col.find({"corr": "c3"})) == []
+    raw = store._raw_collection("gone")
+    if "_fifoq_equal" in raw.__dict__:  # the embedded store: only the one document left is known
+        assert raw.__dict__["_fifoq_equal"] == {"actor": {"a": {"m1": None}}, "corr": {"c1": {"m1": None}}}
+        assert raw.__dict__["_fifoq_unique"] == {"u": {("a", "e1"): "m1"}}
