@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -179,21 +179,24 @@ def _broker_queues(api: RabbitAPI, prefix: str) -> tuple[dict[str, list[QueueInf
         return None, str(exc)
 
 
-def _broker_part(api: RabbitAPI, prefix: str) -> tuple[dict[str, Any] | None, dict[str, list[QueueInfo]] | None, str | None]:
-    """(health, actor queues, error) from the management API; error set when it is unreachable."""
+def _broker_part(health: Future[dict[str, Any]], queues: Future[tuple[dict[str, list[QueueInfo]] | None, str | None]],
+                 ) -> tuple[dict[str, Any] | None, dict[str, list[QueueInfo]] | None, str | None]:
+    """(health, actor queues, error) from the management API, asked both at once; error set when
+    it is unreachable."""
     try:
-        health = api.health()
+        found = health.result()
     except BrokerAPIUnavailable as exc:
         return None, None, str(exc)
-    by_actor, error = _broker_queues(api, prefix)
-    return health, by_actor, error
+    by_actor, error = queues.result()
+    return found, by_actor, error
 
 
 def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_only: bool = False) -> Overview:
     result = Overview()
     now = result.generated_at
     prefix = backend.settings.prefix
-    broker = _BROKER_READS.submit(_broker_part, api, prefix)
+    health_asked = _BROKER_READS.submit(api.health)
+    queues_asked = _BROKER_READS.submit(_broker_queues, api, prefix)
     needle = name.strip().lower()
     ledger_error: BaseException | None = None
     try:
@@ -203,9 +206,9 @@ def build_overview(backend: Backend, api: RabbitAPI, *, name: str = "", blocked_
         arrivals = Arrivals(backend.ledger, since, board["arrived"])
     except LEDGER_DOWN as exc:
         ledger_error = exc
-    health, by_actor, broker_error = broker.result()
-    if health is not None:
-        result.health = health
+    found, by_actor, broker_error = _broker_part(health_asked, queues_asked)
+    if found is not None:
+        result.health = found
     result.broker_error = broker_error
     try:
         if ledger_error is not None:
