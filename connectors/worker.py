@@ -232,7 +232,10 @@ class LaneWorker:
             self.blocked = False
             log.info("actor=%s unblocked at seq %d", self.name, self.cursor.pos or 0)
             return False
-        if self.keys is not None and self.cursor.lane_doc and self.cursor.lane_doc.get("custody") and \
+        # Custody is looked at every poll interval while the lane document we hold has entries,
+        # and once when we have not read it yet (a restarted connector: the keys blocked before
+        # it started, and the replays asked for them, are not left to the next sweep).
+        if self.keys is not None and (self.cursor.lane_doc is None or self.cursor.lane_doc.get("custody")) and \
                 time.monotonic() - self._last_resume >= self.settings.poll_interval:
             self._last_resume = time.monotonic()
             self.keys.resume()

@@ -12,7 +12,7 @@ from backend.subscriptions import lane_of
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.conftest import ALL_FLAVORS, API_AUTH, API_URL
-from tests.helpers import Recorder
+from tests.helpers import Recorder, wait_for
 
 LEDGER_FLAVORS = ALL_FLAVORS
 
@@ -141,3 +141,28 @@ def test_ordering_keys_console_shows_blocked_keys(backend: Backend, viewer) -> N
     overview = viewer.get("/?blocked=1").get_data(as_text=True)
     assert "1 key(s) blocked" in overview
     assert viewer.get("/api/actors/nobody/keys").status_code == 404
+
+
+def test_ordering_keys_replay_after_a_connector_restart_does_not_wait_for_the_sweep(backend: Backend) -> None:
+    """A restarted connector reads its keyed lane's custody when it starts: a replay of a key
+    blocked before the restart runs within a few poll intervals, not at the next sweep
+    (FIFOQ_SWEEP_INTERVAL, an hour here)."""
+    _declare(backend, lanes=1)
+    for i in range(3):
+        backend.emit_event("dossier.step", {"dossier_id": "A", "i": i, "bad": i == 0})
+    rec = Recorder(fail_when=lambda m: m.payload["bad"])
+    _run(backend, "dossiers", rec)
+    [blocked] = backend.ledger.blocked_keys("dossiers")
+    failed_id = blocked["blocked"]["message_id"]
+    assert [p["i"] for p in rec.payloads()] == [0]  # 1 and 2 held behind it
+    reg = Registry()
+    reg.register("dossiers", rec)
+    runtime = Runtime(backend.settings.with_(sweep_interval=3600.0), backend.ledger, reg).start()
+    try:
+        backend.operations.edit(failed_id, {"dossier_id": "A", "i": 0, "bad": False}, by="op")
+        backend.operations.replay(failed_id, by="op")
+        wait_for(lambda: [p["i"] for p in rec.payloads() if not p["bad"]] == [0, 1, 2], timeout=30,
+                 what="the replayed key to run in order after the restart")
+    finally:
+        runtime.stop()
+    assert backend.ledger.blocked_keys("dossiers") == []
