@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,13 +297,17 @@ def test_docs_cli_subcommands_have_a_help_that_runs() -> None:
         if cmd.module == "fifoq" and head and head[0] in ("connectors", "admin", "demo") and words[1:]:
             head = words[:2]  # `fifoq admin serve`: the sub-subcommand's help
         seen.setdefault((cmd.module, *head), cmd.line)
-    failures = []
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for key, line in sorted(seen.items()):
-        proc = subprocess.run([sys.executable, "-m", *key, "--help"], cwd=ROOT, env=env, capture_output=True,
+
+    def run(key: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *key, "--help"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
-        if proc.returncode != 0 or "usage:" not in proc.stdout.lower():
-            failures.append(f"{line}: `python -m {' '.join(key)} --help` exit {proc.returncode}: {proc.stderr[-300:]}")
+
+    keys = sorted(seen)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each is a Python start-up: run a few at once
+        procs = list(pool.map(run, keys))
+    failures = [f"{seen[key]}: `python -m {' '.join(key)} --help` exit {proc.returncode}: {proc.stderr[-300:]}"
+                for key, proc in zip(keys, procs, strict=True) if proc.returncode != 0 or "usage:" not in proc.stdout.lower()]
     assert not failures, "\n".join(failures)
 
 
