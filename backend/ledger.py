@@ -296,10 +296,10 @@ class Ledger(LedgerViews):
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
 
-    def by_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+    def by_ids(self, ids: Sequence[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
         if not ids:
             return []
-        return list(self.messages.find({"_id": {"$in": list(ids)}}))
+        return list(self.messages.find({"_id": {"$in": list(ids)}}, projection))
 
     def by_seqs(self, actor: str, lane: int, seqs: Iterable[int]) -> dict[int, dict[str, Any]]:
         """{seq: message} for the stored ones among `seqs` of one lane (one read, by id)."""

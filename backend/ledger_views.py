@@ -28,6 +28,8 @@ OPEN_SCAN = 1000  # per lane: above this many open messages the rest count as qu
 # A lane's allocation log and per-minute activity are the bulk of its document and no view but
 # the charts reads them: left out of every other snapshot.
 LANE_VIEW_PROJECTION = {"alloc": 0, "activity": 0}
+# What the board does not show of a message: its payload, its edits and its attempts.
+MESSAGE_VIEW_PROJECTION = {"payload": 0, "history": 0, "attempt_log": 0}
 
 
 def _ids(lane: dict[str, Any], seqs: Iterable[int]) -> list[str]:
@@ -52,7 +54,8 @@ def _block(doc: dict[str, Any], key: str | None) -> dict[str, Any]:
 class LaneSnapshot:
     """The lanes of some actors and the messages that matter, read in three queries."""
 
-    def __init__(self, ledger: Ledger, actors: list[str] | None, scan_open: bool, activity: bool = False) -> None:
+    def __init__(self, ledger: Ledger, actors: list[str] | None, scan_open: bool, activity: bool = False,
+                 messages: dict[str, int] | None = None) -> None:
         projection = None if activity else LANE_VIEW_PROJECTION
         lanes = (ledger.lanes.all(projection) if actors is None
                  else [d for a in actors for d in ledger.lanes.of_actor(a, projection)])
@@ -66,7 +69,7 @@ class LaneSnapshot:
             hi = min(top, w + (OPEN_SCAN if scan_open else 1))
             wanted += _ids(lane, range(w + 1, hi + 1))
             wanted += _ids(lane, (e["s"] for e in lane.get("custody", [])))
-        self.docs = {d["_id"]: d for d in ledger.by_ids(wanted)} if wanted else {}
+        self.docs = {d["_id"]: d for d in ledger.by_ids(wanted, messages)} if wanted else {}
 
     def doc(self, lane: dict[str, Any], seq: int) -> dict[str, Any] | None:
         return self.docs.get(_ids(lane, [seq])[0])
@@ -135,8 +138,10 @@ class LedgerViews:
         def actor_doc(self, actor: str) -> dict[str, Any]: ...
         def actor_docs(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]: ...
 
-    def snapshot(self, actors: list[str] | None = None, *, scan_open: bool = True, activity: bool = False) -> LaneSnapshot:
-        return LaneSnapshot(self, actors, scan_open, activity)  # type: ignore[arg-type]  # self is the Ledger
+    def snapshot(self, actors: list[str] | None = None, *, scan_open: bool = True, activity: bool = False,
+                 messages: dict[str, int] | None = None) -> LaneSnapshot:
+        """`messages`: a projection of the messages read (None: whole documents)."""
+        return LaneSnapshot(self, actors, scan_open, activity, messages)  # type: ignore[arg-type]  # self is the Ledger
 
     # -- actors with their derived state ----------------------------------------------------------
     def actor(self, actor: str) -> dict[str, Any]:
@@ -161,7 +166,7 @@ class LedgerViews:
         broker's figures, up to a lag old, can be short by at most the messages that arrived
         since and are still open, since those settled meanwhile left the open count too."""
         docs = self.actor_docs()
-        snap = self.snapshot(None)
+        snap = self.snapshot(None, messages=MESSAGE_VIEW_PROJECTION)
         counts, heads = self._summaries(snap)
         arrived = ({} if arrived_since is None
                    else {d["_id"]: snap.open_created_since(d["_id"], arrived_since) for d in docs})

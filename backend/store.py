@@ -256,6 +256,20 @@ class _FastCursor(mongomock_collection.Cursor):
                 results = results[:abs(self._limit)]
         return results
 
+    def __next__(self) -> Any:
+        # mongomock slices the skipped and limited results again for every document it returns
+        # (a read of n documents copies n lists of up to n): here the position is computed.
+        results = self._compute_results()
+        if self._limit and self._emitted >= abs(self._limit):
+            raise StopIteration
+        at = self._skip + self._emitted
+        if at >= len(results):
+            raise StopIteration
+        self._emitted += 1
+        return results[at]
+
+    next = __next__
+
 
 class _FastCollection(mongomock_collection.Collection):
     """mongomock, with the lookups the ledger needs made proportional to what they find.

@@ -362,3 +362,16 @@ def test_store_contract_deleted_documents_leave_nothing_behind(store: Store) -> 
     if "_fifoq_equal" in raw.__dict__:  # the embedded store: only the one document left is known
         assert raw.__dict__["_fifoq_equal"] == {"actor": {"a": {"m1": None}}, "corr": {"c1": {"m1": None}}}
         assert raw.__dict__["_fifoq_unique"] == {"u": {("a", "e1"): "m1"}}
+
+
+def test_store_contract_cursor_skip_and_limit_return_exactly_their_window(store: Store) -> None:
+    col = store.col("window")
+    col.insert_many([{"_id": f"{i:03d}", "v": i} for i in range(50)])
+    assert [d["v"] for d in col.find({}).sort("v", 1).skip(10).limit(3)] == [10, 11, 12]
+    assert [d["v"] for d in col.find({}).sort("v", -1).skip(48).limit(5)] == [1, 0]
+    assert [d["v"] for d in col.find({}).sort("v", 1).skip(60)] == []
+    assert [d["v"] for d in col.find({"v": {"$gte": 45}}).sort("v", 1).limit(0)] == [45, 46, 47, 48, 49]
+    docs = iter(col.find({}).sort("v", 1).skip(5).limit(2))
+    assert next(docs)["v"] == 5 and next(docs)["v"] == 6
+    with pytest.raises(StopIteration):
+        next(docs)
