@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -26,6 +27,8 @@ DEFAULT_TIMEOUT = 5.0  # seconds, connect and read: the console must answer even
 ADMIN_TIMEOUT = 60.0  # provisioning: creating a vhost or a quorum queue can take seconds on a busy broker
 PAGE_SIZE = 500  # the API's maximum page size
 MAX_PAGES = 20  # 10,000 queues: far past RabbitMQ's own guidance of about 5,000 quorum queues
+# The second and later pages of a queue listing, asked beside the first.
+_PAGES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mgmt-pages")
 
 QUEUE_COLUMNS = ",".join(
     [
@@ -148,6 +151,7 @@ class RabbitAPI:
         self.timeout = timeout
         self._session = session or requests.Session()
         self._session.auth = (user, password)
+        self._page_counts: dict[str, int] = {}  # queue listing pages per prefix, last time
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> RabbitAPI:
@@ -231,30 +235,43 @@ class RabbitAPI:
 
     # -- queues ---------------------------------------------------------------------------
     def queues(self, prefix: str) -> list[QueueInfo]:
-        """Every queue of the vhost whose name starts with `prefix`, paginated server-side."""
-        out: list[QueueInfo] = []
-        vhost = quote(self.vhost, safe="")
-        for page in range(1, MAX_PAGES + 1):
-            data = self._get(
-                f"queues/{vhost}",
-                {
-                    "page": page,
-                    "page_size": PAGE_SIZE,
-                    "name": "^" + re.escape(prefix),
-                    "use_regex": "true",
-                    "columns": QUEUE_COLUMNS,
-                },
-            )
-            if data is None:
-                raise BrokerAPIUnavailable(f"virtual host {self.vhost!r} does not exist on {self.display_url}")
-            if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-                raise BrokerAPIUnavailable(f"unexpected queue listing from {self.display_url}")
-            out.extend(QueueInfo.from_api(item) for item in data["items"] if isinstance(item, dict))
-            if page >= int(data.get("page_count") or 1):
-                break
-        else:
+        """Every queue of the vhost whose name starts with `prefix`, paginated server-side. The
+        pages the previous listing of the prefix had are asked at once (the broker answers them
+        in parallel), any further one once the first page tells how many there are."""
+        known = min(self._page_counts.get(prefix, 1), MAX_PAGES)
+        ahead = {page: _PAGES.submit(self._queue_page, prefix, page) for page in range(2, known + 1)}
+        first = self._queue_page(prefix, 1)
+        count = int(first.get("page_count") or 1)
+        self._page_counts[prefix] = count
+        for page in range(known + 1, min(count, MAX_PAGES) + 1):
+            ahead[page] = _PAGES.submit(self._queue_page, prefix, page)
+        pages = [first] + [ahead[page].result() for page in range(2, min(count, MAX_PAGES) + 1)]
+        out: dict[str, QueueInfo] = {}  # pages read at slightly different times may overlap
+        for data in pages:
+            for item in data["items"]:
+                if isinstance(item, dict):
+                    info = QueueInfo.from_api(item)
+                    out.setdefault(info.name, info)
+        if count > MAX_PAGES:
             log.warning("queue listing for prefix %s truncated at %d queues", prefix, len(out))
-        return out
+        return list(out.values())
+
+    def _queue_page(self, prefix: str, page: int) -> dict[str, Any]:
+        data = self._get(
+            f"queues/{quote(self.vhost, safe='')}",
+            {
+                "page": page,
+                "page_size": PAGE_SIZE,
+                "name": "^" + re.escape(prefix),
+                "use_regex": "true",
+                "columns": QUEUE_COLUMNS,
+            },
+        )
+        if data is None:
+            raise BrokerAPIUnavailable(f"virtual host {self.vhost!r} does not exist on {self.display_url}")
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise BrokerAPIUnavailable(f"unexpected queue listing from {self.display_url}")
+        return data
 
     def queue(self, name: str) -> QueueInfo | None:
         """One queue, or None when the broker does not have it."""

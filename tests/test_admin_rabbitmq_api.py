@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 import pytest
+import requests
 
 from admin.rabbitmq_api import BrokerAPIUnavailable, QueueInfo, RabbitAPI, vhost_of
 from backend.app import Backend
 from backend.settings import Settings
 from connectors.registry import Registry
 from connectors.runtime import Runtime
+from tests.conftest import API_AUTH, API_URL
 from tests.helpers import CLOSED_PORT_URL, Recorder, wait_for
 
 
@@ -44,6 +47,29 @@ def test_admin_rabbitmq_api_lists_only_the_prefix_queues_with_depths(backend: Ba
     q = api.queue(backend.settings.queue_name("payment"))
     assert q.messages_unacknowledged == 0 and q.total == 4 and q.type == "quorum"
     assert api.queue(f"{prefix}.actor.nobody") is None
+
+
+def test_admin_rabbitmq_api_listing_over_several_pages_has_every_queue_once(backend: Backend, monkeypatch) -> None:
+    """Pages after the first are asked beside it, as many as the last listing had: the listing is
+    whole when the actors grow, shrink or stay (3 queues a page here)."""
+    monkeypatch.setattr("admin.rabbitmq_api.PAGE_SIZE", 3)
+    api = api_for(backend.settings)
+    prefix = f"{backend.settings.prefix}.actor."
+
+    def declare(n: int) -> list[str]:
+        for i in range(n):
+            backend.subscriptions.subscribe(f"a{i:02d}", "tour.booked")
+        backend.declare()
+        return sorted(f"{prefix}a{i:02d}" for i in range(n))
+
+    expected = declare(7)
+    assert sorted(q.name for q in api.queues(prefix)) == expected  # 3 pages, the 2nd and 3rd after the 1st
+    assert sorted(q.name for q in api.queues(prefix)) == expected  # all 3 at once
+    expected = declare(11)
+    assert sorted(q.name for q in api.queues(prefix)) == expected  # 4 pages: 3 at once, then the 4th
+    for name in expected[4:]:
+        requests.delete(f"{API_URL}/api/queues/{quote(api.vhost, safe='')}/{quote(name, safe='')}", auth=API_AUTH, timeout=10).raise_for_status()
+    assert sorted(q.name for q in api.queues(prefix)) == expected[:4]  # 2 pages; the 3rd and 4th asked, empty
 
 
 def test_admin_rabbitmq_api_sees_the_single_active_consumer(backend: Backend) -> None:
