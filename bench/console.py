@@ -18,6 +18,17 @@ ENDPOINTS = ("/", "/api/overview", "/api/alerts", "/metrics", "/api/charts")
 BLOCKED = 10
 
 
+def console_client(backend: Backend, mgmt: RabbitAPI) -> Any:
+    """A Flask test client of the console over `backend`, logged in as a viewer."""
+    app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
+                                      "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=mgmt)
+    assert backend.store is not None  # the benchmark's own embedded database
+    UserStore(backend.store).create("bench", PASSWORD, "viewer")
+    client = app.test_client()
+    client.post("/login", data={"username": "bench", "password": PASSWORD})
+    return client
+
+
 def timed(client: Any, path: str, count: int) -> list[float]:
     out = []
     for _ in range(count):
@@ -43,12 +54,7 @@ def run(opts: Options) -> Table:
                 assert held is not None
                 backend.ledger.settle(held, "bench", ErrorInfo("BenchError", "blocked for the benchmark"))
             mgmt = RabbitAPI.from_settings(settings)
-            app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
-                                              "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=mgmt)
-            assert backend.store is not None  # the benchmark's own embedded database
-            UserStore(backend.store).create("bench", PASSWORD, "viewer")
-            client = app.test_client()
-            client.post("/login", data={"username": "bench", "password": PASSWORD})
+            client = console_client(backend, mgmt)
             timed(client, "/", 1)  # warm-up: templates, first connections
             listing = []
             for _ in range(opts.requests):

@@ -12,16 +12,13 @@ smallest (target: within 1.5x).
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Any
 
-from admin import create_app
 from admin.rabbitmq_api import RabbitAPI
-from admin.users import UserStore
 from backend.app import Backend
 from backend.lanes import Tally
 from backend.ledger import utcnow
 from bench.common import Options, Table, bench_settings, percentile
+from bench.console import console_client, timed
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 
@@ -29,7 +26,6 @@ ACTORS = 100
 SIZES = (3_000, 30_000, 300_000)
 QUICK_SIZES = (300, 3_000)
 FRESH = 500
-PASSWORD = "bench password 123"
 
 
 def _fill(backend: Backend, actors: list[str], upto: int, done_per_actor: dict[str, int]) -> None:
@@ -62,17 +58,6 @@ def _fill(backend: Backend, actors: list[str], upto: int, done_per_actor: dict[s
         done_per_actor[actor] = want
 
 
-def _timed(client: Any, path: str, count: int) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        resp = client.get(path)
-        out.append(time.perf_counter() - started)
-        if resp.status_code != 200:
-            raise RuntimeError(f"GET {path}: HTTP {resp.status_code}")
-    return out
-
-
 def _fresh_connector_rate(backend: Backend, actor: str) -> float:
     for i in range(0, FRESH, 100):
         backend.emit_many([("bench.fresh", {"i": j}) for j in range(i, i + 100)])
@@ -102,12 +87,7 @@ def run(opts: Options) -> Table:
             backend.subscriptions.actor("fresh")
             backend.subscriptions.subscribe("fresh", "bench.fresh")
             backend.declare()
-            app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
-                                              "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=RabbitAPI.from_settings(settings))
-            assert backend.store is not None
-            UserStore(backend.store).create("bench", PASSWORD, "viewer")
-            client = app.test_client()
-            client.post("/login", data={"username": "bench", "password": PASSWORD})
+            client = console_client(backend, RabbitAPI.from_settings(settings))
             done = dict.fromkeys(actors, 0)
             results: dict[int, dict[str, float]] = {}
             for size in sizes:
@@ -122,10 +102,10 @@ def run(opts: Options) -> Table:
                     "correlation-id trace": f"/api/trace/order-0-{max(1, top - 5)}",
                     "payload search (a recent message)": f"/api/actors/{actor}/messages?q=c{max(1, top - 20)}%40example.com",
                 }
-                _timed(client, "/api/overview", 1)  # warm-up
+                timed(client, "/api/overview", 1)  # warm-up
                 row: dict[str, float] = {}
                 for label, path in paths.items():
-                    t = _timed(client, path, requests)
+                    t = timed(client, path, requests)
                     row[f"{label} p50 (ms)"] = percentile(t, 50) * 1000
                     row[f"{label} p95 (ms)"] = percentile(t, 95) * 1000
                 row["fresh connector (msg/s)"] = _fresh_connector_rate(backend, "fresh")

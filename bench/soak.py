@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from admin import create_app
 from admin.rabbitmq_api import RabbitAPI
-from admin.users import UserStore
 from backend.app import Backend
 from bench.common import Options, Table, bench_settings, percentile
+from bench.console import console_client
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 
 ACTORS = ("payment", "notification", "inventory")
-PASSWORD = "bench password 123"
 
 
 def rss_mib() -> float:
@@ -50,12 +47,8 @@ def run(opts: Options) -> Table:
             backend.declare()
             backend.start_relay()  # and retention, every minute
             runtime = Runtime(settings, backend.ledger, reg).start()
-            app = create_app(backend, config={"ADMIN_ENV": "testing", "WTF_CSRF_ENABLED": False,
-                                              "ADMIN_SECRET_KEY": uuid.uuid4().hex * 2}, mgmt=RabbitAPI.from_settings(settings))
-            assert backend.store is not None
-            UserStore(backend.store).create("bench", PASSWORD, "viewer")
-            client = app.test_client()
-            client.post("/login", data={"username": "bench", "password": PASSWORD})
+            client = console_client(backend, RabbitAPI.from_settings(settings))
+            assert backend.store is not None  # the benchmark's own embedded database, sampled below
             emitted = [0]
 
             def emit() -> None:
