@@ -57,6 +57,9 @@ def create_app(backend: Backend | None = None, *, config: dict[str, Any] | None 
     admin_cfg = AdminConfig.from_env(env)
 
     app = Flask(__name__)
+    # A name holding "/" (%2F, decoded before routing) is not redirected to another resource
+    # by merging the slashes: it matches no route (404), whatever the method.
+    app.url_map.merge_slashes = False
     app.wsgi_app = CorrelationMiddleware(app.wsgi_app)  # type: ignore[method-assign,assignment]  # as Flask's docs do
     app.config.update(
         SECRET_KEY=admin_cfg.secret_key,

@@ -220,6 +220,9 @@ def test_admin_api_cancel_needs_confirm_and_reason(operator: FlaskClient, backen
         ("post", "/api/messages/{done}/replay", {"json": {}}, 409),
         ("post", "/api/messages/{failed}/preview", {"data": "null", "content_type": "application/json"}, 400),
         ("get", "/api/nothing-here", {}, 404),
+        # A name holding "/" matches no route; never a redirect (308) to another resource.
+        ("post", "/api/actors/pay%2F/pause", {"json": {"reason": "x"}}, 404),
+        ("post", "/api/messages/%2F%2F/replay", {"json": {}}, 404),
         ("delete", "/api/actors/payment", {}, 405),
     ],
 )
