@@ -41,7 +41,9 @@ def mid(backend: Backend) -> str:
     """A message of actor payment in the backend's ledger."""
     backend.subscriptions.subscribe("payment", "order.paid")
     backend.declare()
-    return backend.emit_event("order.paid", {"amount": 1, "at": "x"})[0]
+    found = backend.emit_event("order.paid", {"amount": 1, "at": "x"})[0]
+    backend.emitter.flush()  # its confirm recorded now, not between a test's two reads of it
+    return found
 
 
 @pytest.fixture
