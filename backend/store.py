@@ -437,15 +437,15 @@ class _FastCollection(mongomock_collection.Collection):
         if any(not isinstance(fields, dict) for fields in update.values()):
             return NOT_FAST
         touched = {path.split(".")[0] for fields in update.values() for path in fields}
-        if touched & self._indexed_fields() or "_id" in touched:
+        if touched & self._indexed_fields_now() or "_id" in touched:
             return NOT_FAST  # mongomock's update keeps the unique keys and the equality maps
-        try:
-            doc = self._store[ident]
-        except KeyError:
-            doc = None
-        rest = {k: v for k, v in filter.items() if k != "_id"}
-        if doc is None or (rest and not mongomock_filtering.filter_applies(
-                helpers.patch_datetime_awareness_in_document(rest), doc)):
+        # The caller holds the store's lock (Collection._call): read the id map directly,
+        # after what mongomock's own read does first (expire documents past a TTL index).
+        store = self._store
+        if store._ttl_indexes:
+            store._remove_expired_documents()
+        doc = store._documents.get(ident)
+        if doc is None or not _filter_applies(filter, doc):
             return False, False, None
         if not all(_plain_path(doc, path) for fields in update.values() for path in fields):
             return NOT_FAST  # into an array, or a positional operator: mongomock's own way
@@ -453,15 +453,118 @@ class _FastCollection(mongomock_collection.Collection):
         modified = False
         for op, fields in update.items():
             for path, value in fields.items():
-                modified |= _apply(doc, op, path.split("."), helpers.patch_datetime_awareness_in_document(value))
+                modified |= _apply(doc, op, path.split("."), _as_stored(value))
         after = self.find_one({"_id": ident}, projection) if want == "after" else None
         return True, modified, before if want == "before" else after
+
+    def _indexed_fields_now(self) -> set[str]:
+        """_indexed_fields, computed again only when the collection's indexes change."""
+        indexes = self._store.indexes
+        signature = tuple((name, id(index)) for name, index in indexes.items())
+        cached = self.__dict__.get("_fifoq_indexed")
+        if cached is None or cached[0] != signature:
+            cached = (signature, self._indexed_fields())
+            self.__dict__["_fifoq_indexed"] = cached
+        return cached[1]
 
     def _indexed_fields(self) -> set[str]:
         """Fields of a unique index, and first fields of any index."""
         out = {k.split(".")[0] for name, index in self._store.indexes.items()
                if index.get("unique") and name != "_id_" for k, _ in index["key"]}
         return out | {index["key"][0][0].split(".")[0] for name, index in self._store.indexes.items() if name != "_id_"}
+
+
+def _as_stored(value: Any) -> Any:
+    """A value as the store keeps it (helpers.patch_datetime_awareness_in_document: datetimes
+    naive in UTC at millisecond precision, tuples as lists), the immutable atoms returned as
+    they are instead of being dispatched through every type test."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if kind is datetime:
+        offset = value.utcoffset()
+        if offset is not None:
+            value = value - offset
+        return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
+    if kind is dict:
+        return {k: v if type(v) in _ATOMS else _as_stored(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _ATOMS else _as_stored(v) for v in value]
+    return helpers.patch_datetime_awareness_in_document(value)
+
+
+_EQUALITY_ATOMS = (str, int, type(None))
+
+
+def _filter_applies(filter: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Does `filter` (its `_id` already matched) match the stored `doc`? The shapes of the
+    fenced writes' filters are compared here (see _simple_match); anything else goes through
+    mongomock's matcher."""
+    found = _simple_match(filter, doc, top=True)
+    if found is not None:
+        return found
+    rest = {k: v for k, v in filter.items() if k != "_id"}
+    return bool(mongomock_filtering.filter_applies(_as_stored(rest), doc))
+
+
+def _simple_match(filter: dict[str, Any], doc: dict[str, Any], top: bool = False) -> bool | None:
+    """Match a filter made of top-level equalities on strings, ints and null, `$in` of those,
+    `$ne: null` and `$or` of such branches (a branch of another shape asks mongomock). None:
+    some part of it is of another shape (or compares an array, or an int with a float)."""
+    for key, want in filter.items():
+        if top and key == "_id":
+            continue
+        if key == "$or":
+            hit = _any_branch(want, doc)
+        elif "." in key or key.startswith("$"):
+            return None
+        else:
+            hit = _field_match(doc.get(key), want)
+        if hit is None:
+            return None
+        if not hit:
+            return False
+    return True
+
+
+def _any_branch(branches: Any, doc: dict[str, Any]) -> bool | None:
+    if type(branches) is not list:
+        return None
+    for branch in branches:
+        hit = _simple_match(branch, doc) if type(branch) is dict else None
+        if hit is None:
+            hit = bool(mongomock_filtering.filter_applies(_as_stored(branch), doc))
+        if hit:
+            return True
+    return False
+
+
+def _field_match(have: Any, want: Any) -> bool | None:
+    """One field's condition: an atom (equality), {"$in": [atoms]} or {"$ne": None}."""
+    if type(want) in _EQUALITY_ATOMS:
+        return _equal(have, want)
+    if type(want) is not dict or len(want) != 1:
+        return None
+    op, arg = next(iter(want.items()))
+    if op == "$ne" and arg is None:
+        return have is not None
+    if op != "$in" or type(arg) is not list or not all(type(a) in _EQUALITY_ATOMS for a in arg):
+        return None
+    hits = [_equal(have, a) for a in arg]
+    return True if True in hits else (None if None in hits else False)
+
+
+def _equal(have: Any, want: Any) -> bool | None:
+    """Equality of a stored value with a string, int or null; None: ask mongomock (an array,
+    which matches by its elements, or a number or bool of another type)."""
+    if want is None:
+        return have is None
+    kind = type(have)
+    if kind is type(want):
+        return bool(have == want)
+    if kind in (list, float, bool) or type(want) is bool:
+        return None  # mongomock compares these its own (Python's) way: the store stays consistent
+    return False  # another type: never equal (a string is not a number, nor a document)
 
 
 def _update_one(raw: Any, filter: Any, update: Any) -> int:

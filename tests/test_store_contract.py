@@ -175,6 +175,53 @@ def test_store_contract_updates_by_id_give_what_mongodb_gives(store: Store) -> N
     assert col.find_one({"_id": "p"})["items"] == [{"state": "waiting"}, {"state": "done"}]
 
 
+def test_store_contract_conditional_updates_match_as_mongodb_matches(store: Store) -> None:
+    """The filters of conditional writes (the fenced attempts' equalities, the claim's `$or`),
+    and the shapes around them that BSON compares in its own ways (null and a missing field, an
+    int and a bool or a float, an array, `$ne: null`), on every backend: the embedded store
+    matches the plain ones itself and must say what mongomock and MongoDB say."""
+    from datetime import timedelta
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    docs = [
+        {"_id": "a", "status": "processing", "owner": "w", "attempts": 1, "lease_until": now - timedelta(seconds=1)},
+        {"_id": "b", "status": "queued", "attempts": 0, "version": 1},
+        {"_id": "c", "status": "failed", "attempts": 2, "replay_requested": None, "flag": True},
+        {"_id": "d", "status": "failed", "attempts": 2.0, "replay_requested": now, "tags": ["x", "y"]},
+        {"_id": "e", "status": "processing", "owner": None, "attempts": 1, "lease_until": None},
+    ]
+    filters = [
+        {"status": "processing", "owner": "w", "attempts": 1},
+        {"status": "processing", "owner": "w", "attempts": 2},
+        {"attempts": 2},  # an int against a stored float
+        {"flag": 1},  # an int against a bool
+        {"owner": None},  # null matches null and a missing field
+        {"replay_requested": {"$ne": None}},
+        {"tags": "x"},  # an array matches by its elements
+        {"status": {"$in": ["queued", "failed"]}, "version": 1},
+        tr.claim_filter({"_id": "?", "attempts": 0, "version": 1, "status": "queued"}, "w", now),
+        {"$or": [{"status": "failed", "replay_requested": {"$ne": None}}, {"status": "processing", "lease_until": {"$lt": now}}]},
+        {"$or": [{"status": "processing", "lease_until": None}, {"status": "queued"}]},
+    ]
+    col = store.col("match")
+    for doc in docs:
+        col.insert_one(dict(doc))
+    got = {}
+    for i, flt in enumerate(filters):
+        flt = {k: v for k, v in flt.items() if k != "_id"}
+        for doc in docs:
+            # A conditional update by id that changes nothing the filter looks at: modified or not.
+            got[(i, doc["_id"])] = col.update_one(dict(flt, _id=doc["_id"]), {"$inc": {"hits": 1}}).modified_count
+    expected = {}
+    for i, flt in enumerate(filters):
+        flt = {k: v for k, v in flt.items() if k != "_id"}
+        for doc in docs:
+            expected[(i, doc["_id"])] = int(col.count_documents(dict(flt, _id=doc["_id"])) == 1)
+    assert got == expected
+    assert got[(0, "a")] == 1 and got[(2, "d")] == 1 and got[(4, "b")] == 1 and got[(4, "a")] == 0
+    assert got[(5, "d")] == 1 and got[(5, "c")] == 0 and got[(6, "d")] == 1 and got[(8, "b")] == 1 and got[(9, "a")] == 1
+
+
 # -- errors: what MongoDB raises is mapped on purpose --------------------------------------------
 @pytest.mark.parametrize(
     ("error", "write", "expected"),
