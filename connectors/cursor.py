@@ -26,8 +26,8 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD = 50  # sequence numbers read at once past the position
-FOLD_EVERY = 50  # passed messages between two folds while busy
+READ_AHEAD = 100  # sequence numbers read at once past the position
+FOLD_EVERY = 100  # passed messages between two folds while busy
 
 
 class LaneCursor:
@@ -41,6 +41,7 @@ class LaneCursor:
         self.pos: int | None = None
         self.unfolded: list[dict[str, Any]] = []
         self._docs: dict[int, dict[str, Any]] = {}
+        self.read_ahead_was_full = False  # the last read-ahead found every number it asked for
         self._gap_seen: dict[int, tuple[float, int]] = {}  # seq -> (monotonic first seen, allocator then)
         self._gap_logged: set[int] = set()
 
@@ -78,7 +79,9 @@ class LaneCursor:
         """The message at `seq` (read ahead with the next ones and `also`, in one query)."""
         if seq not in self._docs:
             wanted = set(range(seq, seq + READ_AHEAD)) | {s for s in also if s >= seq}
-            self._docs.update(self.ledger.by_seqs(self.actor, self.lane, sorted(wanted)))
+            found = self.ledger.by_seqs(self.actor, self.lane, sorted(wanted))
+            self.read_ahead_was_full = len(found) == len(wanted)
+            self._docs.update(found)
         return self._docs.get(seq)
 
     def cached(self, seq: int) -> dict[str, Any] | None:

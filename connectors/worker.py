@@ -424,6 +424,11 @@ class LaneWorker:
         """Settle the success and step over it; claim the next message in the same round trip
         when it is known and may run."""
         nxt = self.cursor.cached(doc["seq"] + 1)
+        if nxt is None and (self.cursor.read_ahead_was_full or (self.consumer is not None and self.consumer.buffered())):
+            # The next message is most likely stored (the last read-ahead found every number it
+            # asked for, or deliveries are waiting): read ahead now, so that its claim travels
+            # with this settle (one round trip instead of settle, read, claim).
+            nxt = self.cursor.doc(doc["seq"] + 1)
         settled: bool
         if nxt is not None and tr.is_runnable(nxt["status"]) and self.may_run() and (
             self.keys is None or self.keys.may_front_run(nxt)
