@@ -188,7 +188,7 @@ class Settings(EnvSettings):
     prefix: str = setting("FIFOQ_PREFIX", "fifoq")
     queue_type: QueueType = setting("FIFOQ_QUEUE_TYPE", QueueType.QUORUM)
     confirm_timeout: float = setting("FIFOQ_CONFIRM_TIMEOUT", 5.0, ge=0.1)
-    prefetch: int = setting("FIFOQ_PREFETCH", 20, ge=1, le=MAX_PREFETCH)
+    prefetch: int = setting("FIFOQ_PREFETCH", 100, ge=1, le=MAX_PREFETCH)
     max_payload_bytes: int = setting("FIFOQ_MAX_PAYLOAD_BYTES", 256 * 1024, ge=64, le=64 * 1024 * 1024)
     delivery_limit: int = setting("FIFOQ_DELIVERY_LIMIT", 1_000_000, ge=1, le=2**31 - 1)
     transient_retries: int = setting("FIFOQ_TRANSIENT_RETRIES", 5, ge=0, le=1000)

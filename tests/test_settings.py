@@ -21,7 +21,7 @@ from backend.settings import EnvSettings, LogSettings, Settings, setting
 # -- the parser -----------------------------------------------------------------------------------
 def test_settings_empty_or_blank_means_the_default_and_blanks_are_ignored() -> None:
     s = Settings.from_env({"FIFOQ_PREFETCH": "  ", "FIFOQ_PREFIX": "", "FIFOQ_LANES": " 7 ", "FIFOQ_DECLARE": " Off "})
-    assert (s.prefetch, s.prefix, s.lanes, s.declare) == (20, "fifoq", 7, False)
+    assert (s.prefetch, s.prefix, s.lanes, s.declare) == (100, "fifoq", 7, False)
 
 
 @pytest.mark.parametrize("env, message", [
@@ -81,7 +81,7 @@ def test_settings_public_api_is_kept() -> None:
     assert (s.exchange, s.dead_letter_exchange, s.dead_letter_queue) == ("shop.messages", "shop.dead-letter",
                                                                          "shop.dead-letter")
     changed = s.with_(prefetch=5, prefix="other")
-    assert (changed.prefetch, changed.prefix, s.prefetch) == (5, "other", 20)
+    assert (changed.prefetch, changed.prefix, s.prefetch) == (5, "other", 100)
     with pytest.raises(TypeError, match="no setting"):
         s.with_(prefecth=5)
     assert Settings(prefix="x") == Settings(prefix="x") and hash(Settings()) == hash(Settings())
