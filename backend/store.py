@@ -663,11 +663,17 @@ def _dotted(doc: Any, path: str) -> Any:
 
 
 # -- one collection, one atomic call at a time -----------------------------------------------------
+def _own(projection: Any) -> Any:
+    """A copy of a projection for the driver: mongomock adds `_id` to the one it is given, which
+    would change the caller's (often a module's constant)."""
+    return dict(projection) if isinstance(projection, dict) else projection
+
+
 class Cursor:
     """The result of `find`: chain sort/skip/limit, then iterate; the query runs once, in one call."""
 
     def __init__(self, col: Collection, filter: dict[str, Any], projection: Any) -> None:
-        self._col, self._filter, self._projection = col, filter, projection
+        self._col, self._filter, self._projection = col, filter, _own(projection)
         self._sort: list[tuple[str, int]] | None = None
         self._skip = 0
         self._limit = 0
@@ -734,7 +740,7 @@ class Collection:
 
     # -- reads
     def find_one(self, filter: dict[str, Any] | None = None, projection: Any = None, **kw: Any) -> dict[str, Any] | None:
-        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, projection, **kw))
+        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, _own(projection), **kw))
 
     def find(self, filter: dict[str, Any] | None = None, projection: Any = None) -> Cursor:
         return Cursor(self, filter or {}, projection)
@@ -772,6 +778,9 @@ class Collection:
         return self._call("update_many", True, lambda raw: raw.update_many(filter, update))
 
     def find_one_and_update(self, filter: dict[str, Any], update: dict[str, Any], **kw: Any) -> dict[str, Any] | None:
+        if "projection" in kw:
+            kw["projection"] = _own(kw["projection"])
+
         def run(raw: Any) -> Any:
             if isinstance(raw, _FastCollection) and not kw.get("upsert") and set(kw) <= {"return_document", "projection"}:
                 want = "after" if kw.get("return_document") == RETURN_AFTER else "before"

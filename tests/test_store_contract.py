@@ -429,3 +429,15 @@ def test_store_contract_cursor_skip_and_limit_return_exactly_their_window(store:
     assert next(docs)["v"] == 5 and next(docs)["v"] == 6
     with pytest.raises(StopIteration):
         next(docs)
+
+
+def test_store_contract_a_projection_comes_back_unchanged(store: Store) -> None:
+    """mongomock adds `_id` to the projection it is given: a module's constant projection (the
+    ledger's hidden search fields) must not change under its users."""
+    col = store.col("projections")
+    col.insert_one({"_id": "a", "x": 1, "t": 2})
+    hidden = {"t": 0}
+    assert col.find_one({"_id": "a"}, hidden) == {"_id": "a", "x": 1}
+    assert list(col.find({}, hidden)) == [{"_id": "a", "x": 1}]
+    assert col.find_one_and_update({"_id": "a"}, {"$set": {"x": 2}}, projection=hidden, return_document=RETURN_AFTER) == {"_id": "a", "x": 2}
+    assert hidden == {"t": 0}
