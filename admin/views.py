@@ -18,6 +18,7 @@ from admin.params import message_filter, page_param, parse_json_text, pretty_jso
 from admin.rabbitmq_api import RabbitAPI
 from admin.users import Role, UserStore
 from backend import ledger as ledger_module
+from backend import ledger_search, search_terms
 from backend.app import Backend
 from backend.errors import Conflict, NotFound, ValidationError
 
@@ -85,8 +86,8 @@ def actor(name: str) -> Any:
         skip=page.skip, limit=page.per_page, newest_first=flt.newest_first,
     )
     return render_template("actor.html", a=detail, messages=docs, total=total, page=page, flt=flt,
-                           pages=page.count(total), search_cap=ledger_module.SEARCH_CAP,
-                           walk_cap=ledger_module.WALK_CAP)
+                           pages=page.count(total), count_cap=ledger_search.COUNT_CAP,
+                           search_words=search_terms.words(flt.text or ""), walk_cap=ledger_module.WALK_CAP)
 
 
 @bp.route("/actors/<name>/pause", methods=["POST"])

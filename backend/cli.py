@@ -10,6 +10,7 @@
     fifoq relay [--once]                 # publish what the broker did not confirm (and apply retention)
     fifoq sweep [--older-than SECONDS]   # remove settled messages past FIFOQ_RETENTION, once
     fifoq archive --out FILE.jsonl       # ... exporting them to JSON lines first
+    fifoq reindex-search [--actor NAME] [--batch N]   # search terms for messages stored before them
     fifoq ledger-server [--socket PATH | --port N]   # share the embedded ledger (this user only)
 
 `python -m backend ...` is the same. Errors print one line on stderr and exit non-zero (2: bad
@@ -32,9 +33,11 @@ from backend.app import Backend
 from backend.commandline import PORT_OR_ANY, Group, Seconds, run
 from backend.errors import ValidationError
 from backend.ledger import run_state
+from backend.ledger_search import REINDEX_BATCH
 from backend.settings import Settings
 
 READ_FACTOR = 4  # a payload file may be this many times FIFOQ_MAX_PAYLOAD_BYTES (indentation, escapes)
+MAX_REINDEX_BATCH = 10_000  # ids per read of reindex-search
 
 
 def default_operator(settings: Settings) -> str:
@@ -269,6 +272,24 @@ def archive(session: _Session, path: str, older_than: float | None) -> None:
     with out.out:
         report = _retention(session).sweep_once(older_than=older_than, archive=out, audit_older_than=0)
     click.echo(f"archived {out.written} message(s) to {path}; {report}")
+
+
+@cli.command("reindex-search")
+@click.option("--actor", default=None, help="only this actor's messages (default: every actor)")
+@click.option("--batch", type=click.IntRange(1, MAX_REINDEX_BATCH), default=REINDEX_BATCH, show_default=True,
+              help="message numbers read at a time (then one conditional write per message that needs it)")
+@pass_session
+def reindex_search(session: _Session, actor: str | None, batch: int) -> None:
+    """Give messages stored before the indexed payload search their search terms.
+
+    Until then the console's payload search does not find them. Each message is one write,
+    conditional on its payload's version (an edit made meanwhile keeps its own terms): safe to
+    run again, and while the connectors and the console work."""
+    ledger = session.backend.ledger
+    names = [ledger.actor_doc(actor)["_id"]] if actor is not None else [d["_id"] for d in ledger.actor_docs()]
+    for name in names:
+        done = ledger.reindex_search(name, batch)
+        click.echo(f"{name}: search terms written for {done['written']} of {done['read']} message(s)")
 
 
 @cli.command("ledger-server")

@@ -25,6 +25,7 @@ from typing import Any, overload
 from backend import transitions as tr
 from backend.errors import Conflict, DuplicateKey, OutcomeUnknown, UnknownActor, UnknownMessage
 from backend.lanes import Lanes, Tally, lane_id
+from backend.ledger_search import HIDDEN_FIELDS, LedgerSearch, matches_text, search_fields
 from backend.ledger_views import LedgerViews
 from backend.store import ASCENDING, DESCENDING, RETURN_AFTER, Store, Update
 from backend.values import ActorRunState, ErrorInfo, Status
@@ -32,19 +33,10 @@ from backend.values import ActorRunState, ErrorInfo, Status
 log = logging.getLogger(__name__)
 
 ATTEMPT_LOG_SIZE = 50
-# The console's payload search looks at this much of each walked message's flattened payload and
-# correlation id.
-SEARCH_TEXT_CHARS = 4096
 GAP_EVENT = "(sequence gap)"
-SORTS = {
-    "newest": [("created_at", DESCENDING), ("seq", DESCENDING)],
-    "oldest": [("created_at", ASCENDING), ("seq", ASCENDING)],
-}
 # Indexes of the first ledger format (before lanes and derived blocks), dropped on sight.
 OBSOLETE_INDEXES = {"actor_lane_seq", "actor_key_status_seq", "actor_status_seq", "status_created", "event_created",
                     "correlation", "finished", "created"}
-# A list's total is counted up to this many (the count costs what it counts): beyond, "10,000+".
-COUNT_CAP = 10_000
 
 
 def utcnow() -> datetime:
@@ -90,7 +82,7 @@ def run_state(actor_doc: dict[str, Any]) -> ActorRunState:
     return ActorRunState.RUNNING
 
 
-class Ledger(LedgerViews):
+class Ledger(LedgerViews, LedgerSearch):
     """Messages, actors and lanes."""
 
     def __init__(self, store: Store) -> None:
@@ -109,8 +101,12 @@ class Ledger(LedgerViews):
         for name in OBSOLETE_INDEXES & set(m.index_information()):
             m.drop_index(name)
         # The console lists one actor's messages, newest (or oldest) first, optionally by status
-        # or event; the trace finds one correlation id across actors. Everything else is by id.
+        # or event, or those with every word of a payload search (`terms`, multikey: see
+        # backend/ledger_search.py); the trace finds one correlation id across actors. Everything
+        # else is by id.
         m.create_index([("actor", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)], name="actor_created")
+        m.create_index([("actor", ASCENDING), ("terms", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
+                       name="actor_terms_created")
         m.create_index([("actor", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
                        name="actor_status_created")
         m.create_index([("actor", ASCENDING), ("event", ASCENDING), ("created_at", DESCENDING), ("seq", DESCENDING)],
@@ -205,6 +201,7 @@ class Ledger(LedgerViews):
             "event_id": event_id or new_event_id(),
             "payload": payload,
             "correlation_id": correlation_id,
+            **search_fields(payload, correlation_id, 1),
             "status": Status.PENDING.value,
             "attempts": 0,
             "version": 1,
@@ -291,7 +288,7 @@ class Ledger(LedgerViews):
     def message(self, message_id: str) -> dict[str, Any]:
         if not isinstance(message_id, str):
             raise UnknownMessage("message id must be a string")
-        doc = self.messages.find_one({"_id": message_id})
+        doc = self.messages.find_one({"_id": message_id}, HIDDEN_FIELDS)
         if doc is None:
             raise UnknownMessage(f"unknown message {message_id!r}")
         return doc
@@ -325,30 +322,34 @@ class Ledger(LedgerViews):
         """A page of one actor's messages (oldest first unless `newest_first` or sort="newest"),
         filtered, and their total (None when only a longer walk could tell: "more than shown").
 
-        A lane is a log: the page is read by walking the actor's lanes from their newest (or
-        oldest) retained number, by id, in batches, merging lanes by creation time. The cost is
-        the messages walked to fill the page (at most WALK_CAP, SEARCH_CAP with a text search,
-        which reads whole payloads), never the actor's history, on
-        MongoDB as on the embedded store. Every filter is a plain string/date: callers never pass
-        raw query documents, so no operator can be injected. Without an actor, a correlation id
-        is required (Ledger.trace)."""
+        A payload search (`text`) is a query served by an index (Ledger.search, see
+        backend/ledger_search.py). Otherwise a lane is a log: the page is read by walking the
+        actor's lanes from their newest (or oldest) retained number, by id, in batches, merging
+        lanes by creation time. The cost is the messages walked to fill the page (at most
+        WALK_CAP), never the actor's history, on MongoDB as on the embedded store. Every filter
+        is a plain string/date: callers never pass raw query documents, so no operator can be
+        injected. Without an actor, a correlation id is required (Ledger.trace)."""
         newest = (sort or ("newest" if newest_first else "oldest")) == "newest"
         if actor is None:
             if correlation_id is None:
                 raise ValueError("find needs an actor or a correlation id")
-            docs = self.trace(correlation_id, limit=skip + limit)
-            docs = [d for d in docs if _matches(d, status, event, since, until, text)]
+            docs = self._trace(correlation_id, skip + limit, None)
+            docs = [_visible(d) for d in docs if _matches(d, status, event, since, until, text)]
             docs.sort(key=lambda d: (d["created_at"], d["seq"]), reverse=newest)
             return docs[skip:skip + limit], len(docs)
+        if text:
+            return self.search(str(actor), text, status=status, event=event, since=since, until=until,
+                               correlation_id=correlation_id, skip=skip, limit=limit,
+                               sort="newest" if newest else "oldest", count=count)
         lanes = self.lanes.of_actor(str(actor))
-        walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None,
-                        cap=SEARCH_CAP if text else WALK_CAP)
+        walk = LaneWalk(self, lanes, newest, since if newest else None, until if not newest else None, cap=WALK_CAP)
+
         def predicate(d: dict[str, Any]) -> bool:
-            return _matches(d, status, event, since, until, text, correlation_id)
+            return _matches(d, status, event, since, until, None, correlation_id)
 
         rows, complete = walk.take(predicate, max(0, skip) + max(1, limit))
         page = rows[max(0, skip):max(0, skip) + max(1, limit)]
-        unfiltered = not any((status, event, since, until, text, correlation_id))
+        unfiltered = not any((status, event, since, until, correlation_id))
         if not count:
             return page, None
         if unfiltered:
@@ -366,7 +367,10 @@ class Ledger(LedgerViews):
 
     def trace(self, correlation_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """Every message of one business event (one correlation id) across actors, oldest first."""
-        cur = self.messages.find({"correlation_id": str(correlation_id)})
+        return self._trace(correlation_id, limit, HIDDEN_FIELDS)
+
+    def _trace(self, correlation_id: str, limit: int, projection: dict[str, int] | None) -> list[dict[str, Any]]:
+        cur = self.messages.find({"correlation_id": str(correlation_id)}, projection)
         return list(cur.sort([("correlation_id", ASCENDING), ("created_at", ASCENDING)]).limit(max(1, limit)))
 
     # -- processing transitions (the connector runtime) -------------------------------------
@@ -527,14 +531,17 @@ class Ledger(LedgerViews):
 
     # -- operator transitions ---------------------------------------------------------------
     def replace_payload(self, doc: dict[str, Any], payload: Any, by: str, diff: str) -> dict[str, Any]:
-        """Compare-and-set on the version read by the caller. Raises Conflict if it changed."""
+        """Compare-and-set on the version read by the caller, the search terms of the new payload
+        in the same write. Raises Conflict if it changed."""
         now = utcnow()
         version = int(doc.get("version", 1))
         entry = {"version": version + 1, "by": by, "at": now, "previous": doc["payload"], "payload": payload, "diff": diff}
         flt = {"_id": doc["_id"], "version": version, **tr.status_filter("edit")}
-        update = {"$set": {"payload": payload, "version": version + 1, "updated_at": now}, "$push": {"history": entry}}
+        fields = {"payload": payload, "version": version + 1, "updated_at": now,
+                  **search_fields(payload, doc.get("correlation_id"), version + 1)}
+        update = {"$set": fields, "$push": {"history": entry}}
         try:
-            after = self.messages.find_one_and_update(flt, update, return_document=RETURN_AFTER)
+            after = self.messages.find_one_and_update(flt, update, return_document=RETURN_AFTER, projection=HIDDEN_FIELDS)
         except OutcomeUnknown:
             after = self.message(doc["_id"])
             if not (after["version"] == version + 1 and after["history"] and after["history"][-1]["at"] == now):
@@ -599,7 +606,6 @@ class Ledger(LedgerViews):
 
 WALK_BATCH = 200  # numbers read per lane per step of a walk
 WALK_CAP = 20_000  # messages a walk reads at most for one page (a rare filter says "more than shown")
-SEARCH_CAP = 5_000  # the same for a text search, which reads and flattens every payload it walks
 
 
 class LaneWalk:
@@ -635,7 +641,7 @@ class LaneWalk:
             lane = self.lanes[lid]
             spans[lid] = seqs
             wanted += [message_id(lane["actor"], lane["lane"], q) for q in seqs]
-        found = {d["_id"]: d for d in self.ledger.by_ids(wanted)} if wanted else {}
+        found = {d["_id"]: d for d in self.ledger.by_ids(wanted, HIDDEN_FIELDS)} if wanted else {}
         self.read += len(found)
         for lid, seqs in spans.items():
             lane = self.lanes[lid]
@@ -692,10 +698,12 @@ def _matches(doc: dict[str, Any], status: str | None, event: str | None, since: 
         return False
     if until is not None and created >= until:
         return False
-    if text:
-        needle = str(text).casefold()
-        return needle in search_text(doc.get("payload"), doc.get("correlation_id")).casefold() or doc["_id"] == text
-    return True
+    return not text or matches_text(doc, str(text))
+
+
+def _visible(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document without the search's own fields."""
+    return {k: v for k, v in doc.items() if k not in HIDDEN_FIELDS}
 
 
 def _removable(doc: dict[str, Any], older_than: datetime, custody: set[int]) -> bool:
@@ -759,24 +767,8 @@ def _ranges(seqs: list[int]) -> str:
     return ",".join(out)
 
 
-def search_text(payload: Any, correlation_id: str | None) -> str:
-    """What the payload search looks in: the payload's keys and scalars, then the correlation id
-    (the first SEARCH_TEXT_CHARS characters)."""
-    return f"{_flatten(payload)} {correlation_id or ''}"[:SEARCH_TEXT_CHARS]
-
-
-def _flatten(value: Any) -> str:
-    """Every key and scalar of a payload as one string, for substring search."""
-    if isinstance(value, dict):
-        return " ".join(f"{k} {_flatten(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return " ".join(_flatten(v) for v in value)
-    return "" if value is None else str(value)
-
-
 __all__ = [
     "GAP_EVENT",
-    "SEARCH_CAP",
     "WALK_CAP",
     "Ledger",
     "as_aware",
@@ -785,6 +777,5 @@ __all__ = [
     "message_id",
     "run_state",
     "scope_key",
-    "search_text",
     "utcnow",
 ]

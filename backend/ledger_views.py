@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backend import transitions as tr
+from backend.ledger_search import HIDDEN_FIELDS
 from backend.values import Status
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ OPEN_SCAN = 1000  # per lane: above this many open messages the rest count as qu
 # A lane's allocation log and per-minute activity are the bulk of its document and no view but
 # the charts reads them: left out of every other snapshot.
 LANE_VIEW_PROJECTION = {"alloc": 0, "activity": 0}
-# What the board does not show of a message: its payload, its edits and its attempts.
-MESSAGE_VIEW_PROJECTION = {"payload": 0, "history": 0, "attempt_log": 0}
+# What the board does not show of a message: its payload, its edits, its attempts and its search words.
+MESSAGE_VIEW_PROJECTION = {"payload": 0, "history": 0, "attempt_log": 0, **HIDDEN_FIELDS}
 
 
 def _ids(lane: dict[str, Any], seqs: Iterable[int]) -> list[str]:

@@ -280,13 +280,17 @@ class _FastCollection(mongomock_collection.Collection):
     - `_id` equality and `_id: {$in: [...]}` filters from mongomock's id map;
     - an equality on the first field of a declared index (`actor`, `correlation_id`) from a map
       of that field's values to the ids holding them, kept as documents are inserted;
+    - the same on any field of a declared index once a document holds a list there (a multikey
+      field, as MongoDB calls it: the message's search `terms`): each string of the list is a
+      key, so `{field: word}` and `{field: {$all: words}}` cost the documents holding one word;
     - unique indexes from a map of the keys it has seen;
 
-    every candidate checked against the filter and the stored document, so an update needs no
-    hook; a delete takes the document's entries out of both maps (else they would grow with
-    every message ever stored, whatever the retention). It overrides private methods of
-    mongomock 4.3.0, which pyproject.toml pins exactly; tests/test_store_contract.py fails if
-    the installed version moves.
+    every candidate checked against the filter and the stored document, so a scalar value an
+    update leaves behind only costs a wasted check; a list's elements are kept per document, so
+    an update that changes the list takes out the ones it dropped. A delete takes the document's
+    entries out of every map (else they would grow with every message ever stored, whatever the
+    retention). It overrides private methods of mongomock 4.3.0, which pyproject.toml pins
+    exactly; tests/test_store_contract.py fails if the installed version moves.
     """
 
     def find(self, *args: Any, **kwargs: Any) -> Any:
@@ -331,28 +335,52 @@ class _FastCollection(mongomock_collection.Collection):
             return list(dict.fromkeys(ident["$in"]))
         best: dict[Any, None] | None = None
         for name, held in self._equality_maps().items():
-            value = filter.get(name)
-            if isinstance(value, str):
+            for value in _wanted_keys(filter.get(name)):
                 ids = held.get(value, {})
                 if best is None or len(ids) < len(best):
                     best = ids
         return None if best is None else list(best)  # in insertion order, as mongomock's scan
 
     def _equality_maps(self) -> dict[str, dict[Any, dict[Any, None]]]:
-        """{field: {value: ids (an ordered set)}} for the first field of every declared index,
-        built once, then kept as documents are written."""
+        """{field: {value: ids (an ordered set)}} for the first field of every declared index
+        (and the multikey fields, see _note_multikey), built once, then kept as documents are
+        written."""
         maps: dict[str, dict[Any, dict[Any, None]]] = self.__dict__.setdefault("_fifoq_equal", {})
         for name, index in self._store.indexes.items():
             field = index["key"][0][0]
             if name == "_id_" or field in maps or "." in field:
                 continue
-            held: dict[Any, dict[Any, None]] = {}
-            for doc in self._store.documents:
-                value = doc.get(field)
-                if isinstance(value, str):
-                    held.setdefault(value, {})[doc["_id"]] = None
-            maps[field] = held
+            maps[field] = self._build_map(field)
         return maps
+
+    def _build_map(self, field: str) -> dict[Any, dict[Any, None]]:
+        held: dict[Any, dict[Any, None]] = {}
+        lists = self._list_keys().get(field)
+        for doc in self._store.documents:
+            keys = _map_keys(doc.get(field))
+            for key in keys:
+                held.setdefault(key, {})[doc["_id"]] = None
+            if lists is not None and keys:
+                lists[doc["_id"]] = tuple(keys)
+        return held
+
+    def _list_keys(self) -> dict[str, dict[Any, tuple[Any, ...]]]:
+        """{multikey field: {id: the keys its document is registered under}}: what an update
+        that changes the list takes out."""
+        keys: dict[str, dict[Any, tuple[Any, ...]]] = self.__dict__.setdefault("_fifoq_lists", {})
+        return keys
+
+    def _note_multikey(self, doc: dict[str, Any]) -> None:
+        """A list in a field of a declared index makes it a multikey field: mapped from now on
+        (built from every stored document once), its keys kept per document."""
+        lists = self._list_keys()
+        for name, index in self._store.indexes.items():
+            if name == "_id_":
+                continue
+            for path, _ in index["key"]:
+                if path not in lists and "." not in path and path != "_id" and isinstance(doc.get(path), list):
+                    lists[path] = {}
+                    self._equality_maps()[path] = self._build_map(path)
 
     def _delete(self, filter: Any, collation: Any = None, hint: Any = None, multi: bool = False,
                 session: Any = None) -> Any:
@@ -375,13 +403,12 @@ class _FastCollection(mongomock_collection.Collection):
 
     def _forget(self, doc: dict[str, Any]) -> None:
         ident = doc["_id"]
+        lists = self.__dict__.get("_fifoq_lists", {})
         for key, held in self.__dict__.get("_fifoq_equal", {}).items():
-            value = doc.get(key)
-            ids = held.get(value) if isinstance(value, str) else None
-            if ids is not None:
-                ids.pop(ident, None)
-                if not ids:
-                    del held[value]
+            registered = set(_map_keys(doc.get(key)))
+            if key in lists:
+                registered.update(lists[key].pop(ident, ()))
+            _unregister(held, registered, ident)
         seen: dict[str, dict[tuple[Any, ...], Any]] = self.__dict__.get("_fifoq_unique", {})
         for name, keys in seen.items():
             index = self._store.indexes.get(name)
@@ -415,9 +442,16 @@ class _FastCollection(mongomock_collection.Collection):
             claimed.append((keys, key))
         for keys, key in claimed:
             keys[key] = ident
+        self._note_multikey(new_data)
+        lists = self._list_keys()
         for name, held in self.__dict__.get("_fifoq_equal", {}).items():
-            value = new_data.get(name)
-            if isinstance(value, str):
+            now = _map_keys(new_data.get(name))
+            if name in lists:  # a list may have lost elements: take them out
+                before = lists[name].pop(ident, ())
+                _unregister(held, set(before) - set(now), ident)
+                if now:
+                    lists[name][ident] = tuple(now)
+            for value in now:
                 held.setdefault(value, {})[ident] = None
 
     # -- updates by id, in place (the hot path's claims, settles and folds) -----------------
@@ -437,8 +471,13 @@ class _FastCollection(mongomock_collection.Collection):
         if any(not isinstance(fields, dict) for fields in update.values()):
             return NOT_FAST
         touched = {path.split(".")[0] for fields in update.values() for path in fields}
-        if touched & self._indexed_fields_now() or "_id" in touched:
+        indexed, in_any_index = self._indexed_fields_now()
+        if touched & indexed or "_id" in touched:
             return NOT_FAST  # mongomock's update keeps the unique keys and the equality maps
+        arrays = {path.split(".")[0] for op, fields in update.items() for path, value in fields.items()
+                  if isinstance(value, list) or op in ("$push", "$pull")}
+        if arrays and arrays & in_any_index:
+            return NOT_FAST  # an array into an indexed field: it may become a multikey field
         # The caller holds the store's lock (Collection._call): read the id map directly,
         # after what mongomock's own read does first (expire documents past a TTL index).
         store = self._store
@@ -457,21 +496,57 @@ class _FastCollection(mongomock_collection.Collection):
         after = self.find_one({"_id": ident}, projection) if want == "after" else None
         return True, modified, before if want == "before" else after
 
-    def _indexed_fields_now(self) -> set[str]:
-        """_indexed_fields, computed again only when the collection's indexes change."""
+    def _indexed_fields_now(self) -> tuple[set[str], set[str]]:
+        """(_indexed_fields, _all_indexed_fields), computed again only when the collection's
+        indexes or its multikey fields change."""
         indexes = self._store.indexes
-        signature = tuple((name, id(index)) for name, index in indexes.items())
+        signature = (tuple((name, id(index)) for name, index in indexes.items()),
+                     tuple(self.__dict__.get("_fifoq_lists", ())))
         cached = self.__dict__.get("_fifoq_indexed")
         if cached is None or cached[0] != signature:
-            cached = (signature, self._indexed_fields())
+            cached = (signature, (self._indexed_fields(), self._all_indexed_fields()))
             self.__dict__["_fifoq_indexed"] = cached
         return cached[1]
 
     def _indexed_fields(self) -> set[str]:
-        """Fields of a unique index, and first fields of any index."""
+        """Fields of a unique index, first fields of any index, and the multikey fields."""
         out = {k.split(".")[0] for name, index in self._store.indexes.items()
                if index.get("unique") and name != "_id_" for k, _ in index["key"]}
+        out |= set(self.__dict__.get("_fifoq_lists", {}))
         return out | {index["key"][0][0].split(".")[0] for name, index in self._store.indexes.items() if name != "_id_"}
+
+    def _all_indexed_fields(self) -> set[str]:
+        return {k.split(".")[0] for name, index in self._store.indexes.items() if name != "_id_" for k, _ in index["key"]}
+
+
+def _map_keys(value: Any) -> list[Any]:
+    """The keys a stored value is found under in an equality map: a string, or each distinct
+    string of a list (an equality on an array field matches any of its elements)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return list(dict.fromkeys(v for v in value if isinstance(v, str)))
+    return []
+
+
+def _wanted_keys(value: Any) -> list[Any]:
+    """The map keys that a filter's condition on one field needs a document to have (any one of
+    them narrows the candidates): `value`, or every word of `{"$all": [...]}`."""
+    if isinstance(value, str):
+        return [value]
+    if (isinstance(value, dict) and list(value) == ["$all"] and isinstance(value["$all"], list) and value["$all"]
+            and all(isinstance(v, str) for v in value["$all"])):
+        return list(value["$all"])
+    return []
+
+
+def _unregister(held: dict[Any, dict[Any, None]], keys: Any, ident: Any) -> None:
+    for key in keys:
+        ids = held.get(key)
+        if ids is not None:
+            ids.pop(ident, None)
+            if not ids:
+                del held[key]
 
 
 def _as_stored(value: Any) -> Any:
@@ -694,11 +769,17 @@ def _dotted(doc: Any, path: str) -> Any:
 
 
 # -- one collection, one atomic call at a time -----------------------------------------------------
+def _own(projection: Any) -> Any:
+    """A copy of a projection for the driver: mongomock adds `_id` to the one it is given, which
+    would change the caller's (often a module's constant)."""
+    return dict(projection) if isinstance(projection, dict) else projection
+
+
 class Cursor:
     """The result of `find`: chain sort/skip/limit, then iterate; the query runs once, in one call."""
 
     def __init__(self, col: Collection, filter: dict[str, Any], projection: Any) -> None:
-        self._col, self._filter, self._projection = col, filter, projection
+        self._col, self._filter, self._projection = col, filter, _own(projection)
         self._sort: list[tuple[str, int]] | None = None
         self._skip = 0
         self._limit = 0
@@ -765,7 +846,7 @@ class Collection:
 
     # -- reads
     def find_one(self, filter: dict[str, Any] | None = None, projection: Any = None, **kw: Any) -> dict[str, Any] | None:
-        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, projection, **kw))
+        return self._call("find_one", False, lambda raw: raw.find_one(filter or {}, _own(projection), **kw))
 
     def find(self, filter: dict[str, Any] | None = None, projection: Any = None) -> Cursor:
         return Cursor(self, filter or {}, projection)
@@ -803,6 +884,9 @@ class Collection:
         return self._call("update_many", True, lambda raw: raw.update_many(filter, update))
 
     def find_one_and_update(self, filter: dict[str, Any], update: dict[str, Any], **kw: Any) -> dict[str, Any] | None:
+        if "projection" in kw:
+            kw["projection"] = _own(kw["projection"])
+
         def run(raw: Any) -> Any:
             if isinstance(raw, _FastCollection) and not kw.get("upsert") and set(kw) <= {"return_document", "projection"}:
                 want = "after" if kw.get("return_document") == RETURN_AFTER else "before"

@@ -285,3 +285,4 @@ def run_cli() -> Callable[..., CliResult]:
         return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
     return run
+

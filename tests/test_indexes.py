@@ -4,8 +4,10 @@ recorded while they answer, then checked against the indexes each collection dec
 A query is served when its filter has an `_id` lookup, or an index begins with some of its
 equality fields (at least one when it has any), then its sort (all in the index's direction or
 all reversed), so that the database walks one index range in order and stops at the page's end;
-range conditions and a payload search (`$or` on the search text) are checked on what that range
-yields. Without this, a list would cost the whole collection on every request."""
+range conditions are checked on what that range yields. A payload search's words (`terms:
+{$all: [...]}`, an equality on a multikey field) must be among those leading fields: checked
+after the range, they would cost the actor's whole history. Without this, a list would cost the
+whole collection on every request."""
 from __future__ import annotations
 
 import io
@@ -48,20 +50,24 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Query]:
     return seen
 
 
-def _fields(flt: dict[str, Any]) -> tuple[set[str], bool]:
-    """(equality fields, has an _id lookup)."""
+def _fields(flt: dict[str, Any]) -> tuple[set[str], set[str], bool]:
+    """(equality fields, those of them an index must begin with (`$all`), has an _id lookup)."""
     eq: set[str] = set()
+    required: set[str] = set()
     for key, value in flt.items():
         if key.startswith("$"):
             continue
         if not isinstance(value, dict) or set(value) <= {"$in", "$eq"}:
             eq.add(key)
-    return eq, "_id" in eq
+        elif set(value) == {"$all"}:
+            eq.add(key)
+            required.add(key)
+    return eq, required, "_id" in eq
 
 
 def served(indexes: dict[str, Any], flt: dict[str, Any], sort: list[tuple[str, int]]) -> str | None:
     """The name of an index that serves the query (see the module docstring), or None."""
-    eq, by_id = _fields(flt)
+    eq, required, by_id = _fields(flt)
     if by_id:
         return "_id_"
     sort = [(f, d) for f, d in sort if f not in eq]
@@ -70,7 +76,7 @@ def served(indexes: dict[str, Any], flt: dict[str, Any], sort: list[tuple[str, i
         n = 0
         while n < len(keys) and keys[n][0] in eq:
             n += 1
-        if eq and n == 0:
+        if (eq and n == 0) or not required <= {f for f, _ in keys[:n]}:
             continue
         rest = keys[n:n + len(sort)]
         if len(rest) < len(sort) or [f for f, _ in rest] != [f for f, _ in sort]:
@@ -93,6 +99,9 @@ def test_indexes_serve_every_query_of_the_console_api_and_cli(
         "/users", "/failures", "/trace?correlation_id=nothing", "/releases",
         "/api/overview", "/api/actors/payment", "/api/actors/payment/keys", "/api/actors/payment/consistency",
         "/api/actors/payment/messages?status=queued&sort=oldest&page=1", "/api/actors/payment/messages?q=a%40example.com",
+        "/api/actors/payment/messages?q=example&per_page=1", "/api/actors/payment/messages?q=example+com&per_page=1&page=2",
+        "/api/actors/payment/messages?q=example&status=failed&event=tour.booked&since=2020-01-01&until=2100-01-01&sort=oldest",
+        f"/api/actors/payment/messages?q={failed}",
         f"/api/messages/{failed}", "/api/audit?actor=payment&since=2020-01-01", "/api/users", "/api/alerts", "/api/charts",
         "/api/failures", f"/api/trace/{failed}", "/metrics", "/api/me",
     ]
@@ -105,7 +114,7 @@ def test_indexes_serve_every_query_of_the_console_api_and_cli(
                         ("FIFOQ_PREFIX", backend.settings.prefix)):
         monkeypatch.setenv(name, value)
     with redirect_stdout(io.StringIO()):
-        for argv in (["status"], ["show", failed]):
+        for argv in (["status"], ["show", failed], ["reindex-search"], ["reindex-search", "--actor", "payment", "--batch", "2"]):
             cli.main(argv)
     assert backend.store is not None
     indexes = {name: backend.store.col(name).index_information() for name in {q[0] for q in recorded}}
@@ -124,3 +133,8 @@ def test_indexes_checker_refuses_a_query_no_index_serves() -> None:
     assert served(indexes, {"actor": "a"}, [("finished_at", -1)]) is None  # the sort is not the index's
     assert served(indexes, {"actor": "a"}, [("created_at", -1), ("seq", 1)]) is None  # mixed directions
     assert served(indexes, {"_id": {"$in": ["x"]}}, []) == "_id_"
+    # a payload search's words are a multikey equality the index must begin with
+    search = {"actor": "a", "terms": {"$all": ["x", "y"]}, "status": "done", "created_at": {"$gte": 0}}
+    assert served(indexes, search, [("created_at", -1), ("seq", -1)]) is None  # would read the actor's history
+    indexes["actor_terms_created"] = {"key": [("actor", 1), ("terms", 1), ("created_at", -1), ("seq", -1)]}
+    assert served(indexes, search, [("created_at", 1), ("seq", 1)]) == "actor_terms_created"

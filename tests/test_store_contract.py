@@ -111,6 +111,53 @@ def test_store_contract_equality_on_an_indexed_field_finds_exactly_what_is_there
     assert col.count_documents({"corr": "nope"}) == 0
 
 
+def test_store_contract_equality_on_an_array_field_matches_any_element_and_all_of_them(store: Store) -> None:
+    """An array in an indexed field (the messages' search `terms`, multikey on MongoDB): `{f: w}`
+    matches a document holding w among others, `{f: {$all: [...]}}` one holding every word. The
+    embedded store answers from a map of the elements, kept through inserts, updates that change
+    the list (by id or not, in place or not) and deletes: the answers must be a server's."""
+    col = store.col("words")
+    col.create_index([("actor", 1), ("terms", 1), ("at", -1)], name="actor_terms_at")
+    col.insert_many([{"_id": f"m{i}", "actor": "a" if i < 6 else "b", "terms": [f"w{i % 3}", "common", f"id{i}"], "at": i}
+                     for i in range(9)])
+    col.insert_one({"_id": "s", "actor": "a", "terms": "common", "at": 20})  # a string matches as itself
+    col.insert_one({"_id": "none", "actor": "a", "at": 21})  # stored before terms existed
+
+    def ids(flt: dict, sort: int = -1) -> list[str]:
+        return [d["_id"] for d in col.find(flt).sort([("at", sort)])]
+
+    assert ids({"actor": "a", "terms": "w1"}) == ["m4", "m1"]
+    assert ids({"actor": "a", "terms": {"$all": ["common", "w1"]}}, 1) == ["m1", "m4"]
+    assert ids({"actor": "a", "terms": {"$all": ["w1", "w2"]}}) == []
+    assert ids({"actor": "a", "terms": {"$all": ["common"]}}) == ["s", "m5", "m4", "m3", "m2", "m1", "m0"]
+    assert ids({"terms": "w0", "at": {"$gte": 3}}) == ["m6", "m3"]
+    assert col.count_documents({"actor": "a", "terms": {"$all": ["common"]}}) == 7
+    assert col.count_documents({"actor": "a", "terms": {"$all": ["common"]}}, limit=3) == 3
+    # a new list drops words and adds others: by id (the ledger's writes), by another filter, and returned
+    col.update_one({"_id": "m1", "terms": {"$ne": None}}, {"$set": {"terms": ["w9", "common"]}})
+    col.update_many({"actor": "b", "terms": "w0"}, {"$set": {"terms": ["w9"]}})
+    col.find_one_and_update({"_id": "m4"}, {"$set": {"terms": ["w1", "fresh"]}})
+    col.update_one({"_id": "none"}, {"$set": {"terms": ["fresh"]}})
+    col.update_one({"_id": "m2"}, {"$push": {"terms": "late"}})
+    assert ids({"actor": "a", "terms": "w1"}) == ["m4"]
+    assert ids({"terms": "w9"}) == ["m6", "m1"]
+    assert ids({"actor": "a", "terms": {"$all": ["fresh"]}}) == ["none", "m4"]
+    assert ids({"actor": "a", "terms": {"$all": ["late", "w2"]}}) == ["m2"]
+    assert ids({"actor": "b", "terms": "common"}) == ["m8", "m7"]
+    col.delete_many({"_id": {"$in": ["m4", "m8"]}})
+    assert ids({"terms": "fresh"}) == ["none"] and ids({"terms": "common", "actor": "b"}) == ["m7"]
+    raw = store._raw_collection("words")
+    if store.embedded:  # an equality on a word costs its documents, and no word points at one that lost it
+        assert sorted(raw._candidates({"actor": "a", "terms": {"$all": ["common", "w9"]}})) == ["m1", "m6"]
+        held = raw.__dict__["_fifoq_equal"]["terms"]
+        stored = {d["_id"]: d.get("terms") for d in col.find({})}
+        expected: dict[str, dict[str, None]] = {}
+        for ident, terms in stored.items():
+            for word in ([terms] if isinstance(terms, str) else terms or []):
+                expected.setdefault(word, {})[ident] = None
+        assert {w: set(i) for w, i in held.items()} == {w: set(i) for w, i in expected.items()}
+
+
 def test_store_contract_one_call_is_atomic_under_concurrent_callers(store: Store) -> None:
     """Twenty threads race to take one document with a conditional find-and-modify: exactly one
     wins, as on a server (the embedded store's lock covers one call, never more)."""
@@ -395,19 +442,26 @@ def test_store_contract_deleted_documents_leave_nothing_behind(store: Store) -> 
     col = store.col("gone")
     col.create_index([("actor", 1), ("event_id", 1)], unique=True, name="u")
     col.create_index([("corr", 1)], name="corr")
-    col.insert_many([{"_id": f"m{i}", "actor": "a", "event_id": f"e{i}", "corr": f"c{i}"} for i in range(300)])
+    col.create_index([("actor", 1), ("terms", 1)], name="actor_terms")
+    col.insert_many([{"_id": f"m{i}", "actor": "a", "event_id": f"e{i}", "corr": f"c{i}", "terms": [f"t{i}", "all"]}
+                     for i in range(300)])
     assert [d["_id"] for d in col.find({"corr": "c7"})] == ["m7"]  # the maps exist from here on
+    assert [d["_id"] for d in col.find({"actor": "a", "terms": {"$all": ["t7", "all"]}})] == ["m7"]
     with pytest.raises(DuplicateKey):
-        col.insert_one({"_id": "dup", "actor": "a", "event_id": "e1", "corr": "c-dup"})
+        col.insert_one({"_id": "dup", "actor": "a", "event_id": "e1", "corr": "c-dup", "terms": ["t-dup"]})
+    col.update_many({"corr": {"$in": ["c5", "c6"]}}, {"$set": {"terms": ["changed"]}})  # the old words go
     col.delete_many({"_id": {"$in": [f"m{i}" for i in range(0, 300, 2)]}})  # by ids, as retention does
     col.delete_many({"corr": {"$in": [f"c{i}" for i in range(3, 300, 2)]}})  # by another filter
     col.delete_one({"actor": "a", "event_id": "e1"})
-    assert col.count_documents({}) == 0 and list(col.find({"corr": "c-dup"})) == []
-    col.insert_one({"_id": "m1", "actor": "a", "event_id": "e1", "corr": "c1"})  # every key is free again
+    assert col.count_documents({}) == 0 and list(col.find({"corr": "c-dup"})) == [] and list(col.find({"terms": "t-dup"})) == []
+    col.insert_one({"_id": "m1", "actor": "a", "event_id": "e1", "corr": "c1", "terms": ["t1"]})  # every key is free again
     assert [d["_id"] for d in col.find({"corr": "c1"})] == ["m1"] and list(col.find({"corr": "c3"})) == []
+    assert [d["_id"] for d in col.find({"terms": "t1"})] == ["m1"] and list(col.find({"terms": "all"})) == []
     raw = store._raw_collection("gone")
     if "_fifoq_equal" in raw.__dict__:  # the embedded store: only the one document left is known
-        assert raw.__dict__["_fifoq_equal"] == {"actor": {"a": {"m1": None}}, "corr": {"c1": {"m1": None}}}
+        assert raw.__dict__["_fifoq_equal"] == {"actor": {"a": {"m1": None}}, "corr": {"c1": {"m1": None}},
+                                                "terms": {"t1": {"m1": None}}}
+        assert raw.__dict__["_fifoq_lists"] == {"terms": {"m1": ("t1",)}}
         assert raw.__dict__["_fifoq_unique"] == {"u": {("a", "e1"): "m1"}}
 
 
@@ -422,3 +476,15 @@ def test_store_contract_cursor_skip_and_limit_return_exactly_their_window(store:
     assert next(docs)["v"] == 5 and next(docs)["v"] == 6
     with pytest.raises(StopIteration):
         next(docs)
+
+
+def test_store_contract_a_projection_comes_back_unchanged(store: Store) -> None:
+    """mongomock adds `_id` to the projection it is given: a module's constant projection (the
+    ledger's hidden search fields) must not change under its users."""
+    col = store.col("projections")
+    col.insert_one({"_id": "a", "x": 1, "t": 2})
+    hidden = {"t": 0}
+    assert col.find_one({"_id": "a"}, hidden) == {"_id": "a", "x": 1}
+    assert list(col.find({}, hidden)) == [{"_id": "a", "x": 1}]
+    assert col.find_one_and_update({"_id": "a"}, {"$set": {"x": 2}}, projection=hidden, return_document=RETURN_AFTER) == {"_id": "a", "x": 2}
+    assert hidden == {"t": 0}
