@@ -57,8 +57,15 @@ tools:
 chromium:
 	@scripts/ensure_chromium.sh
 
+# Two workers (pytest-xdist): tests are isolated by prefix, vhost and database. The tests that
+# start their own RabbitMQ nodes (the 3-node cluster, the TLS node: fixed node names and ports)
+# run afterwards, one at a time.
+TEST_WORKERS ?= 2
+SERIAL_TESTS := tests/test_availability.py tests/test_security_tls.py
+# (exit code 5: PYTEST_ADDOPTS selected nothing in that part)
 test: venv broker tools chromium
-	$(VPY) -m pytest -q --durations=25
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --durations=25 $(addprefix --ignore=,$(SERIAL_TESTS)) || [ $$? -eq 5 ]
+	$(VPY) -m pytest -q --durations=10 $(SERIAL_TESTS) || [ $$? -eq 5 ]
 
 demo: venv broker
 	$(VPY) -m demo

@@ -285,4 +285,3 @@ def run_cli() -> Callable[..., CliResult]:
         return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
     return run
-
