@@ -139,9 +139,10 @@ def run(opts: Options) -> Table:
             table.notes.append(
                 "emit_event reserves the numbers of every lane it goes to (one increment per lane, sent "
                 "concurrently), stores the messages in one insert, publishes, and records the confirms off the "
-                "caller's path in batches. A connector reads the messages of a batch of deliveries in one query, "
-                "settles message k and claims k+1 in one ordered bulk write, and moves its lane's watermark once "
-                "per 50 messages. An idle process reads its actors' state once per FIFOQ_IDLE_POLL_INTERVAL "
+                "caller's path in batches. A connector settles message k and claims k+1 in one ordered bulk write, "
+                "reads the next 100 messages in one query when its read-ahead runs out (before that settle, so that "
+                "the claim still travels with it), and moves its lane's watermark once per 100 messages; its rate "
+                "is timed to its last success. An idle process reads its actors' state once per FIFOQ_IDLE_POLL_INTERVAL "
                 f"({settings.idle_poll:g} s) for all of them, and each lane looks for undelivered messages once "
                 f"per FIFOQ_SWEEP_INTERVAL ({settings.sweep_interval:g} s).")
         finally:
