@@ -12,8 +12,10 @@ from flask.testing import FlaskClient
 from backend import cli as backend_cli
 from backend import ledger_search
 from backend.app import Backend
+from backend.errors import StoreError
 from backend.ledger import Ledger, utcnow
 from backend.search_terms import MAX_TERM_CHARS, MAX_TERMS, message_terms, words
+from backend.store import FaultPlan, ProcessCrash
 from tests.conftest import ALL_FLAVORS
 
 LEDGER_FLAVORS = ALL_FLAVORS
@@ -145,6 +147,27 @@ def test_search_reindex_fills_old_messages_and_never_overwrites_an_edit(backend:
     assert _found(ledger, "walrus") == new + [m for m in reversed(old[1:]) if m != raced[0]]
     assert _found(ledger, "edited before") == [old[0]] and _found(ledger, "meanwhile") == raced
     assert ledger.reindex_search(ACTOR) == {"read": 8, "written": 0}  # again: nothing left to do
+
+
+@pytest.mark.parametrize("mode", FaultPlan.MODES)
+def test_search_reindex_interrupted_at_any_write_finishes_when_run_again(backend: Backend, mode: str) -> None:
+    """Each write of the backfill fails before it is applied, is applied but answered with an
+    error, or is the last thing a dying process does: run again, the backfill gives every old
+    message its words, once, and leaves every payload as it was."""
+    ledger = backend.ledger
+    payloads = [{"note": f"walrus {i}"} for i in range(5)]
+    old = _stored(ledger, payloads, old=True)
+    for at in range(1, len(old) + 1):
+        for mid in old:  # back to "stored before search terms existed"
+            ledger.messages.update_one({"_id": mid}, {"$unset": {"terms": "", "terms_version": ""}})
+        plan = FaultPlan(at=at, mode=mode)
+        with pytest.raises((StoreError, ProcessCrash)):
+            Ledger(ledger.store.with_faults(plan)).reindex_search(ACTOR, batch=2)
+        assert plan.hit, at
+        done = ledger.reindex_search(ACTOR, batch=2)
+        assert done["read"] == len(old) and done["written"] == len(old) - (at - 1) - (mode != "fail"), (at, done)
+        assert _found(ledger, "walrus") == list(reversed(old)), at
+        assert [ledger.message(m)["payload"] for m in old] == payloads
 
 
 def test_search_reindex_command_reports_per_actor_and_refuses_bad_arguments(backend: Backend, run_cli: Any,
