@@ -427,8 +427,13 @@ class LaneWorker:
         if nxt is None and (self.cursor.read_ahead_was_full or (self.consumer is not None and self.consumer.buffered())):
             # The next message is most likely stored (the last read-ahead found every number it
             # asked for, or deliveries are waiting): read ahead now, so that its claim travels
-            # with this settle (one round trip instead of settle, read, claim).
-            nxt = self.cursor.doc(doc["seq"] + 1)
+            # with this settle (one round trip instead of settle, read, claim). Only an
+            # optimisation: the ledger failing here must not keep the settle below from being
+            # retried in place (leaving the loop would run the handler again).
+            try:
+                nxt = self.cursor.doc(doc["seq"] + 1)
+            except FifoqError as exc:
+                log.warning("actor=%s message=%s read-ahead failed (%s): settling alone", self.name, doc["_id"], exc)
         settled: bool
         if nxt is not None and tr.is_runnable(nxt["status"]) and self.may_run() and (
             self.keys is None or self.keys.may_front_run(nxt)

@@ -76,6 +76,36 @@ def test_pipeline_a_backlog_costs_one_ledger_round_trip_per_message_in_order_exa
     assert len(per_message) / 1000 <= 1.03, Counter((c[2], c[3]) for c in calls)
 
 
+def test_pipeline_a_ledger_error_at_the_read_ahead_before_a_settle_runs_no_handler_twice(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When message 100 succeeds the read-ahead has run out and the next 100 are read before its
+    settle (so that the next claim travels with it). The ledger failing at that read must not
+    skip the settle: message 100 is settled (retried in place if need be), never run again."""
+    from backend.errors import StoreError
+
+    backend.subscriptions.subscribe("payment", "order.paid")
+    backend.declare()
+    backend.emit_many([("order.paid", {"n": i}) for i in range(150)])
+    backend.emitter.flush()
+    real = backend.ledger.by_seqs
+    failed: list[int] = []
+
+    def by_seqs(actor: str, lane: int, seqs):  # type: ignore[no-untyped-def]
+        seqs = list(seqs)
+        if seqs and seqs[0] == 101 and not failed:
+            failed.append(101)
+            raise StoreError("injected: ledger unreachable at the read-ahead")
+        return real(actor, lane, seqs)
+
+    monkeypatch.setattr(backend.ledger, "by_seqs", by_seqs)
+    rec = Recorder()
+    stats = _runtime(backend, {"payment": rec}).run(drain=True, timeout=300)
+    assert failed == [101]
+    assert rec.seqs() == list(range(1, 151))  # in order, each once: 100 was not run again
+    assert (stats["payment"].processed, stats["payment"].errors) == (150, 0)
+    assert backend.ledger.status_counts() == {"payment": {"done": 150}}
+
+
 def test_pipeline_failure_blocks_only_that_actor_until_edit_and_replay(backend: Backend) -> None:
     subs = backend.subscriptions
     subs.actor("payment", schema={"type": "object", "required": ["n"]})
