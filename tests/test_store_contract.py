@@ -222,6 +222,32 @@ def test_store_contract_updates_by_id_give_what_mongodb_gives(store: Store) -> N
     assert col.find_one({"_id": "p"})["items"] == [{"state": "waiting"}, {"state": "done"}]
 
 
+def test_store_contract_an_update_of_listed_ids_updates_each_match_once(store: Store) -> None:
+    """`update_many` on `{"_id": {"$in": ids}, ...}` (the publish confirms): the embedded store
+    updates each listed document by id instead of scanning; every backend must match each
+    document once (a repeated id too), leave the rest alone and count the same."""
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    t1 = datetime(2026, 1, 1, 12, 5, tzinfo=timezone.utc)
+    col = store.col("many")
+    col.insert_one({"_id": "m0", "status": "pending", "published_at": None})
+    col.insert_one({"_id": "m1", "status": "queued"})
+    col.insert_one({"_id": "m2", "status": "pending", "published_at": t0, "items": [{"s": "w"}, {"s": "w"}]})
+    col.insert_one({"_id": "m3", "status": "pending", "published_at": None})
+    r = col.update_many({"_id": {"$in": ["m0", "m1", "m2", "m0", "absent"]}, "published_at": None},
+                        {"$set": {"published_at": t1}})
+    assert (r.matched_count, r.modified_count) == (2, 2)
+    r = col.update_many({"_id": {"$in": ["m0", "m1", "m2"]}, "status": {"$in": ["pending"]}},
+                        {"$set": {"status": "queued", "items.1.s": "d"}})  # into an array for m2
+    assert (r.matched_count, r.modified_count) == (2, 2)
+    assert col.update_many({"_id": {"$in": ["m1"]}}, {"$set": {"status": "queued"}}).modified_count == 0
+    assert col.update_many({"_id": {"$in": []}}, {"$set": {"status": "x"}}).matched_count == 0
+    docs = {d["_id"]: d for d in col.find({})}
+    assert docs["m0"]["published_at"] == t1 and docs["m0"]["status"] == "queued" and docs["m0"]["items"] == {"1": {"s": "d"}}
+    assert docs["m1"] == {"_id": "m1", "status": "queued", "published_at": t1}
+    assert docs["m2"]["published_at"] == t0 and docs["m2"]["items"] == [{"s": "w"}, {"s": "d"}]
+    assert docs["m3"] == {"_id": "m3", "status": "pending", "published_at": None}
+
+
 def test_store_contract_conditional_updates_match_as_mongodb_matches(store: Store) -> None:
     """The filters of conditional writes (the fenced attempts' equalities, the claim's `$or`),
     and the shapes around them that BSON compares in its own ways (null and a missing field, an
