@@ -8,7 +8,7 @@ import pytest
 
 from backend.app import Backend
 from backend.errors import Conflict, SchemaViolation
-from backend.values import Status
+from backend.values import Message, Status
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 from tests.conftest import ALL_FLAVORS
@@ -104,6 +104,53 @@ def test_pipeline_a_ledger_error_at_the_read_ahead_before_a_settle_runs_no_handl
     assert rec.seqs() == list(range(1, 151))  # in order, each once: 100 was not run again
     assert (stats["payment"].processed, stats["payment"].errors) == (150, 0)
     assert backend.ledger.status_counts() == {"payment": {"done": 150}}
+
+
+def test_pipeline_a_long_handler_keeps_its_claim_and_its_connection_served_then_the_queue_drains_in_order(
+        backend: Backend) -> None:
+    """Handlers run on the worker's own thread; one that runs for several leases is tended by the
+    process's tender thread: its lease keeps moving (another owner cannot claim it), its broker
+    connection is served (messages emitted meanwhile arrive into the worker's buffer), and once
+    it returns the rest runs after it, in order, each once."""
+    from datetime import timedelta
+
+    from backend.ledger import as_aware
+
+    settings = backend.settings.with_(claim_lease=1.0)
+    backend.subscriptions.subscribe("payment", "x")
+    backend.declare()
+    first = backend.emit_event("x", {"i": 0})[0]
+    release = threading.Event()
+    calls: list[tuple[int, str]] = []
+
+    def handler(message: Message) -> None:
+        calls.append((message.payload["i"], threading.current_thread().name))
+        if message.payload["i"] == 0:
+            assert release.wait(30)
+
+    reg = Registry()
+    reg.register("payment", handler)
+    runtime = Runtime(settings, backend.ledger, reg).start()
+    try:
+        wait_for(lambda: calls, what="the first handler call")
+        leases = [as_aware(backend.ledger.message(first)["lease_until"])]
+        backend.emit_many([("x", {"i": i}) for i in range(1, 6)])
+        worker = runtime.workers["payment"]
+        wait_for(lambda: worker.consumer is not None and worker.consumer.buffered() == 5, timeout=10,
+                 what="the messages emitted during the handler delivered into the worker's buffer")
+        for _ in range(3):  # three leases long
+            release.wait(1.0)
+            leases.append(as_aware(backend.ledger.message(first)["lease_until"]))
+            assert backend.ledger.claim(backend.ledger.message(first), "intruder", 30.0) is None
+        assert leases[-1] - leases[0] >= timedelta(seconds=2), leases
+        assert [i for i, _ in calls] == [0]
+        release.set()
+        wait_for(lambda: len(calls) == 6, what="the rest after the long handler")
+    finally:
+        release.set()
+        runtime.stop()
+    assert calls == [(i, "actor-payment") for i in range(6)]
+    assert backend.ledger.status_counts("payment") == {"payment": {"done": 6}}
 
 
 def test_pipeline_failure_blocks_only_that_actor_until_edit_and_replay(backend: Backend) -> None:
