@@ -322,7 +322,10 @@ class Publisher:
                     self._next_tag += 1
                     tags[tag] = env.id
                     self._outstanding.add(tag)
-                    self._ch.basic_publish(
+                    # The underlying channel's publish only queues the frames: the wait for the
+                    # confirms below sends the whole batch (BlockingChannel.basic_publish writes
+                    # each message to the socket on its own, half of an emit's time in a profile).
+                    self._ch._impl.basic_publish(
                         exchange=self.settings.exchange,
                         routing_key=queue,
                         body=json.dumps(env.to_wire(), separators=(",", ":")).encode(),
