@@ -461,6 +461,31 @@ def test_store_contract_a_document_read_is_a_copy_whatever_the_caller_does_with_
     assert "at" not in col.find_one({"_id": "a"}, {"at": 0})
 
 
+def test_store_contract_an_insert_stores_a_copy_as_bson_would_and_refuses_what_bson_cannot_hold(store: Store) -> None:
+    """The embedded store makes its stored copy of an inserted document its own way: the values
+    come back as from MongoDB (datetimes in UTC at millisecond precision, tuples as lists), the
+    caller's document changed afterwards changes nothing stored, and a document BSON cannot hold
+    is refused with nothing stored, on every backend."""
+    from datetime import timedelta
+
+    col = store.col("inserts")
+    paris = timezone(timedelta(hours=1))
+    doc = {"_id": "a", "at": datetime(2026, 1, 1, 13, 0, 0, 123456, tzinfo=paris), "pair": (1, "x"),
+           "log": [{"t": datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc), "n": None}], "f": 1.5, "b": True}
+    col.insert_many([doc])
+    doc["log"][0]["n"] = "changed"
+    doc["log"].append("more")
+    stored = col.find_one({"_id": "a"})
+    assert stored == {"_id": "a", "at": datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=timezone.utc), "pair": [1, "x"],
+                      "log": [{"t": datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc), "n": None}], "f": 1.5, "b": True}
+    for bad in ({"_id": "b", "s": {1, 2}}, {"_id": "c", "$bad": 1}, {"_id": "d", 5: "x"}):
+        with pytest.raises(Exception):  # noqa: B017 - each backend raises its own type; nothing may be stored
+            col.insert_one(bad)
+    assert [d["_id"] for d in col.find({})] == ["a"]
+    with pytest.raises(DuplicateKey):
+        col.insert_one({"_id": "a"})
+
+
 def test_store_contract_deleted_documents_leave_nothing_behind(store: Store) -> None:
     """Retention deletes settled messages for ever: what a store keeps for its lookups (on the
     embedded store, its maps of unique keys and of indexed values) must shrink with them, refused
