@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 from backend.broker import BrokerRefused, Publisher
 from backend.errors import BrokerUnavailable, DuplicateKey, FifoqError, OutcomeUnknown, SchemaViolation, StoreError, ValidationError
-from backend.ledger import Ledger, new_event_id
+from backend.ledger import Ledger, new_event_ids
 from backend.payloads import normalise
 from backend.settings import Settings
 from backend.subscriptions import ActorSpec, Subscriptions, lane_of, schema_errors
@@ -172,15 +171,18 @@ class Emitter:
         insert) and publishes them with pipelined confirms. Returns the message ids of each
         event, in order."""
         checked = [self._check(e if isinstance(e, Event) else Event(*e)) for e in events]
+        fresh = iter(new_event_ids(sum((e.correlation_id is None) + (e.idempotency_key is None) for e in checked)))
         plans: list[_Planned] = []
         for event in checked:
+            if event.correlation_id is None:
+                event = Event(event.name, event.payload, next(fresh), event.idempotency_key)
             targets = []
             for route in self.subscriptions.routes(event.name, event.payload):
                 if route.spec.name not in self._qtypes:
                     self._declare_actor(route.spec)
                 lane = lane_of(route.key, self._lanes.get(route.spec.name, 1))
                 targets.append((route.spec.name, lane, route.key))
-            plans.append(_Planned(event, event.idempotency_key or new_event_id(), targets))
+            plans.append(_Planned(event, event.idempotency_key or next(fresh), targets))
         stored = self._store(plans)
         try:
             self._publish([d for docs in stored for d in docs if d.get("status") == Status.PENDING.value])
@@ -210,7 +212,7 @@ class Emitter:
                 f"payload of {name!r} rejected by actor {first['actor']!r} at {first['path']}: {first['message']}",
                 problems,
             )
-        return Event(name, payload, cid or uuid.uuid4().hex, key)
+        return Event(name, payload, cid, key)  # no correlation id: emit_many gives it one
 
     # -- storing -----------------------------------------------------------------------------
     def _allocate(self, counts: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:

@@ -16,6 +16,7 @@ invariants.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +67,13 @@ def message_id(actor: str, lane: int, seq: int) -> str:
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_event_ids(n: int) -> list[str]:
+    """n random (version 4) UUIDs in hex, as new_event_id, from one read of the system's random
+    source instead of one read each (a batch of 100 events needs 200: ids and correlation ids)."""
+    raw = os.urandom(16 * n)
+    return [uuid.UUID(bytes=raw[i:i + 16], version=4).hex for i in range(0, 16 * n, 16)]
 
 
 def scope_key(doc: dict[str, Any]) -> str:

@@ -153,6 +153,32 @@ def test_pipeline_a_long_handler_keeps_its_claim_and_its_connection_served_then_
     assert backend.ledger.status_counts("payment") == {"payment": {"done": 6}}
 
 
+def test_pipeline_each_event_of_a_batch_gets_its_own_event_id_and_correlation_id_unless_given(backend: Backend) -> None:
+    """emit_many draws the ids it makes up from one read of the random source: every event still
+    gets its own (version 4 UUIDs), shared by its messages to every subscriber, and a given
+    correlation id or idempotency key is kept."""
+    import uuid
+
+    from backend.emit import Event
+    from backend.ledger import new_event_ids
+
+    ids = new_event_ids(500)
+    assert len(set(ids)) == 500 and all(uuid.UUID(i).version == 4 and len(i) == 32 for i in ids)
+    assert new_event_ids(0) == []
+    backend.subscriptions.subscribe("payment", "x")
+    backend.subscriptions.subscribe("shipping", "x")
+    backend.declare()
+    out = backend.emit_many([("x", {"i": 0}), Event("x", {"i": 1}, correlation_id="given", idempotency_key="key-1"),
+                             ("x", {"i": 2})])
+    docs = [[backend.ledger.message(mid) for mid in mids] for mids in out]
+    assert [len(d) for d in docs] == [2, 2, 2]
+    for pair in docs:  # one event: the same ids on both subscribers' messages
+        assert pair[0]["event_id"] == pair[1]["event_id"] and pair[0]["correlation_id"] == pair[1]["correlation_id"]
+    assert (docs[1][0]["correlation_id"], docs[1][0]["event_id"]) == ("given", "key-1")
+    made = [docs[0][0]["event_id"], docs[0][0]["correlation_id"], docs[2][0]["event_id"], docs[2][0]["correlation_id"]]
+    assert len(set(made)) == 4 and all(uuid.UUID(i).version == 4 for i in made)
+
+
 def test_pipeline_failure_blocks_only_that_actor_until_edit_and_replay(backend: Backend) -> None:
     subs = backend.subscriptions
     subs.actor("payment", schema={"type": "object", "required": ["n"]})
