@@ -41,6 +41,8 @@ def settings_list(opts: Options, prefetch: int) -> list[Setting]:
         Setting("raw-quorum", "raw pika", f"consume + ack one by one, prefetch {prefetch}", "quorum", True),
         Setting("raw-classic", "raw pika", f"consume + ack one by one, prefetch {prefetch}", "classic", True),
         Setting("fifoq", "fifoq", "1 connector (`Runtime`), default settings, embedded ledger", fq, True),
+        *([Setting("fifoq-classic", "fifoq", "1 connector (`Runtime`), `FIFOQ_QUEUE_TYPE=classic`, embedded ledger",
+                   "classic", True)] if fq != "classic" else []),
         Setting("dramatiq-1x1", "dramatiq", "`--processes 1 --threads 1`", "classic", True),
         Setting("dramatiq-default", "dramatiq", f"defaults: {cpus} processes x 8 threads", "classic", False),
         Setting("celery-solo-classic", "celery", "`--pool solo`", "classic", True),
@@ -54,7 +56,11 @@ def make(setting: Setting, calls_dir: Path, settings: Settings) -> Contender:
     if setting.tool == "raw pika":
         return RawPika(setting, calls_dir, settings.with_(queue_type=qtype))
     if setting.tool == "fifoq":
-        return Fifoq(setting, calls_dir, settings.with_(queue_type=qtype, mongodb_db=f"{settings.mongodb_db}_main"))
+        # Each fifoq row has queues and a ledger of its own (an actor's queue type is fixed on
+        # first sight): names under the run's prefix, which the sweep removes.
+        own = setting.key.removeprefix("fifoq").replace("-", "_")
+        return Fifoq(setting, calls_dir, settings.with_(queue_type=qtype, mongodb_db=f"{settings.mongodb_db}_main{own}",
+                                                        prefix=settings.prefix + own.replace("_", "-")[:9]))
     if setting.tool == "dramatiq":
         cli = ["--processes", "1", "--threads", "1"] if setting.fifo else []
         return Dramatiq(setting, calls_dir, settings, cli)

@@ -77,6 +77,11 @@ def fill(table: SideBySide, outcomes: dict[str, Outcome], blocked: DrainOutcome,
     and fifoq among them)."""
     raw = {q: outcomes[f"raw-{q}"] for q in ("quorum", "classic")}
     fifoq = outcomes["fifoq"]
+    # Each tool is set against fifoq on the same queue type when the run has it.
+    fifoq_on: dict[str, Outcome] = {}
+    for out in outcomes.values():
+        if out.setting.tool == "fifoq":
+            fifoq_on.setdefault(out.setting.queue, out)  # the first row of fifoq on that queue type
     for out in outcomes.values():
         s = out.setting
         check = check_text(out.check, s)
@@ -85,12 +90,12 @@ def fill(table: SideBySide, outcomes: dict[str, Outcome], blocked: DrainOutcome,
                 table.problems.append(f"raw pika baseline ({s.queue}): {out.trouble or check}")
             continue
         who, fifo, base = f"{s.tool}, {s.how}", "yes" if s.fifo else "no", raw[s.queue]
-        versus = s.key != "fifoq"
+        versus = None if s.tool == "fifoq" else fifoq_on.get(s.queue, fifoq)
         kind = f"raw pika, {s.queue}, the same measure"
         table.lines.append(Line(who, s.queue, fifo, f"backlog of {n:,}", out.backlog, base.backlog, kind,
-                                fifoq.backlog if versus else None, check))
+                                versus.backlog if versus else None, check))
         table.lines.append(Line(who, s.queue, fifo, stream_text(out, n), out.stream, base.stream, kind,
-                                fifoq.stream if versus else None, check))
+                                versus.stream if versus else None, check))
         if out.trouble:
             table.problems.append(f"{who} ({s.queue}): {out.trouble}")
         if out.check is None or not out.check.complete:
@@ -118,6 +123,8 @@ def fill(table: SideBySide, outcomes: dict[str, Outcome], blocked: DrainOutcome,
         "line), their producer runs here.",
         "dramatiq declares classic queues only (no quorum option); dramatiq and celery publish without publisher "
         "confirms by default, fifoq waits for them and writes the ledger.",
+        "Ratio to fifoq: against fifoq on the same queue type (quorum queues are fifoq's default: replicated, they "
+        "survive a node's loss; classic queues are faster and live on one node).",
         f"Backlog drain: the head fails (the actor blocks), {m:,} more are emitted behind it, then the head is replayed "
         f"(Operations.replay): the head's call came {blocked.to_head * 1000:,.0f} ms after the replay request; the "
         "rate runs from that call to the last.",

@@ -38,7 +38,7 @@ def test_bench_quick_prints_a_table_with_ratios_per_benchmark() -> None:
 COMPARE_HEAD = ("| tool, settings | queue | keeps order by design | measure | msg/s | baseline (same run) | baseline is "
                 "| ratio to baseline | ratio to fifoq | order and count |")
 # (tool, queue, keeps order by design) -> rows expected: backlog and stream, plus fifoq's blocked drain.
-COMPARE_ROWS = {("fifoq", "quorum", "yes"): 3, ("dramatiq", "classic", "yes"): 2, ("dramatiq", "classic", "no"): 2,
+COMPARE_ROWS = {("fifoq", "quorum", "yes"): 3, ("fifoq", "classic", "yes"): 2, ("dramatiq", "classic", "yes"): 2, ("dramatiq", "classic", "no"): 2,
                 ("celery", "classic", "yes"): 2, ("celery", "quorum", "yes"): 2, ("celery", "classic", "no"): 2}
 COUNT = re.compile(r"^(\d+(?:,\d{3})*) of (\d+(?:,\d{3})*)")
 

@@ -75,11 +75,24 @@ def test_compare_table_has_a_row_per_tool_setting_and_measure_with_its_ratios() 
     text = table.render()
     assert not table.problems, table.problems
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| tool")]
-    assert len(rows) == 2 * 6 + 1
+    assert len(rows) == 2 * 7 + 1
     assert any(r.startswith("| dramatiq, `--processes 1 --threads 1` | classic | yes | backlog of 10 | 1,000 | 1,000 msg/s")
                and r.endswith("| 1.00 | 1.00 | 20 of 20, in order |") for r in rows), text
     assert any(r.startswith("| fifoq, 1 connector, default settings | quorum | yes | 10 queued behind a failed head")
                for r in rows), text
+
+
+def test_compare_each_tool_is_set_against_fifoq_on_the_same_queue_type() -> None:
+    outs = outcomes()
+    outs["fifoq-classic"].backlog = 500.0  # fifoq on quorum stays at 1,000
+    table = SideBySide("6. test")
+    fill(table, outs, drained(), drained(), 10, 10, 20)
+    rows = {(ln.who.split(",")[0], ln.queue, ln.fifo, ln.measure): ln for ln in table.lines}
+    assert rows[("dramatiq", "classic", "yes", "backlog of 10")].versus_fifoq == 500.0
+    assert rows[("celery", "classic", "yes", "backlog of 10")].versus_fifoq == 500.0
+    assert rows[("celery", "quorum", "yes", "backlog of 10")].versus_fifoq == 1000.0
+    assert rows[("fifoq", "classic", "yes", "backlog of 10")].versus_fifoq is None
+    assert "against fifoq on the same queue type" in table.render()
 
 
 def test_compare_a_fifo_setting_that_reorders_is_a_problem() -> None:
