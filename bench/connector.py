@@ -81,6 +81,6 @@ def run(opts: Options) -> Table:
                   "msg/s")
     table.title = table.title.format(prefetch=prefetch)
     table.notes.append("Per message the runtime settles the previous message and claims this one in one ledger write, "
-                       "runs the handler on its handler thread, then acks (one basic.ack multiple per run); the "
+                       "runs the handler on the worker's thread, then acks (one basic.ack multiple per run); the "
                        "baseline only acks.")
     return table
