@@ -494,14 +494,22 @@ class _FastCollection(mongomock_collection.Collection):
         ident = filter.get("_id") if isinstance(filter, dict) else None
         if not isinstance(ident, str) or not isinstance(update, dict) or not update or not set(update) <= _FAST_OPS:
             return NOT_FAST
-        if any(not isinstance(fields, dict) for fields in update.values()):
-            return NOT_FAST
-        touched = {path.split(".")[0] for fields in update.values() for path in fields}
+        # One pass over the update: (operator, path's parts, value), and what it touches.
+        steps: list[tuple[str, list[str], Any]] = []
+        touched: set[str] = set()
+        arrays: set[str] = set()
+        for op, fields in update.items():
+            if type(fields) is not dict:
+                return NOT_FAST
+            for path, value in fields.items():
+                parts = path.split(".") if "." in path else [path]
+                touched.add(parts[0])
+                if op in ("$push", "$pull") or isinstance(value, list):
+                    arrays.add(parts[0])
+                steps.append((op, parts, value))
         indexed, in_any_index = self._indexed_fields_now()
         if touched & indexed or "_id" in touched:
             return NOT_FAST  # mongomock's update keeps the unique keys and the equality maps
-        arrays = {path.split(".")[0] for op, fields in update.items() for path, value in fields.items()
-                  if isinstance(value, list) or op in ("$push", "$pull")}
         if arrays and arrays & in_any_index:
             return NOT_FAST  # an array into an indexed field: it may become a multikey field
         # The caller holds the store's lock (Collection._call): read the id map directly,
@@ -512,13 +520,13 @@ class _FastCollection(mongomock_collection.Collection):
         doc = store._documents.get(ident)
         if doc is None or not _filter_applies(filter, doc):
             return False, False, None
-        if not all(_plain_path(doc, path) for fields in update.values() for path in fields):
+        if not all(_plain_parts(doc, parts) for _op, parts, _value in steps):
             return NOT_FAST  # into an array, or a positional operator: mongomock's own way
         before = self.find_one({"_id": ident}, projection) if want == "before" else None
         modified = False
-        for op, fields in update.items():
-            for path, value in fields.items():
-                modified |= _apply(doc, op, path.split("."), _as_stored(value))
+        times: dict[datetime, datetime] = {}  # a transition sets the same instant in several fields
+        for op, parts, value in steps:
+            modified |= _apply(doc, op, parts, _as_stored(value, times))
         after = self.find_one({"_id": ident}, projection) if want == "after" else None
         return True, modified, before if want == "before" else after
 
@@ -575,22 +583,28 @@ def _unregister(held: dict[Any, dict[Any, None]], keys: Any, ident: Any) -> None
                 del held[key]
 
 
-def _as_stored(value: Any) -> Any:
+def _as_stored(value: Any, times: dict[datetime, datetime] | None = None) -> Any:
     """A value as the store keeps it (helpers.patch_datetime_awareness_in_document: datetimes
     naive in UTC at millisecond precision, tuples as lists), the immutable atoms returned as
-    they are instead of being dispatched through every type test."""
+    they are instead of being dispatched through every type test. `times`: datetimes already
+    converted (equal instants are stored alike, whatever their time zone)."""
     kind = type(value)
     if kind in _ATOMS:
         return value
     if kind is datetime:
+        if times is not None:
+            done = times.get(value)
+            if done is None:
+                done = times[value] = _as_stored(value)
+            return done
         offset = value.utcoffset()
         if offset is not None:
             value = value - offset
         return value.replace(tzinfo=None, microsecond=value.microsecond // 1000 * 1000)
     if kind is dict:
-        return {k: v if type(v) in _ATOMS else _as_stored(v) for k, v in value.items()}
+        return {k: v if type(v) in _ATOMS else _as_stored(v, times) for k, v in value.items()}
     if kind is list:
-        return [v if type(v) in _ATOMS else _as_stored(v) for v in value]
+        return [v if type(v) in _ATOMS else _as_stored(v, times) for v in value]
     return helpers.patch_datetime_awareness_in_document(value)
 
 
@@ -693,9 +707,9 @@ _FAST_OPS = {"$set", "$unset", "$inc", "$min", "$max", "$push", "$pull"}
 _MISSING = object()
 
 
-def _plain_path(doc: dict[str, Any], path: str) -> bool:
-    """Does `path` go through documents only (no array element, no `$` operator)?"""
-    parts = path.split(".")
+def _plain_parts(doc: dict[str, Any], parts: list[str]) -> bool:
+    """Does the path of these parts go through documents only (no array element, no `$`
+    operator)?"""
     if any(p.startswith("$") or p.isdigit() for p in parts):
         return False
     for part in parts[:-1]:
