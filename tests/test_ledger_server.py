@@ -113,6 +113,24 @@ def test_ledger_server_serves_every_public_method_and_the_callers_errors(backend
         remote._collection  # noqa: B018
 
 
+def test_ledger_server_runs_the_ledgers_static_methods_in_the_client(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static method cannot touch the store: the client runs it itself (an emit_many through the
+    ledger server builds each message with Ledger.new_message: one round trip each would cost more
+    than the rest of the emit); every other method still goes to the server."""
+    server, url = served
+    calls: list[str] = []
+    real_call = server.call
+    monkeypatch.setattr(server, "call", lambda request: calls.append(request.get("method", "?")) or real_call(request))
+    remote = ledger_server.connect(url)
+    doc = remote.new_message("payment", 7, "order.paid", {"amount": 1}, "corr", 0, None, "ev-1")
+    assert doc == {**Ledger.new_message("payment", 7, "order.paid", {"amount": 1}, "corr", 0, None, "ev-1"),
+                   "created_at": doc["created_at"], "updated_at": doc["updated_at"]}
+    assert remote.resequenced(doc, 9)["_id"] == "payment.0.9"
+    assert calls == []
+    remote.insert([doc])
+    assert calls and remote.message("payment.0.7")["event_id"] == "ev-1"
+
+
 def test_ledger_server_serves_the_audit_log(ledger: Ledger) -> None:
     audit = AuditLog(ledger.store)
     server, url = ledger_server.serve(ledger, audit=audit)
