@@ -60,7 +60,8 @@ def make(setting: Setting, calls_dir: Path, settings: Settings) -> Contender:
         # first sight): names under the run's prefix, which the sweep removes.
         own = setting.key.removeprefix("fifoq").replace("-", "_")
         return Fifoq(setting, calls_dir, settings.with_(queue_type=qtype, mongodb_db=f"{settings.mongodb_db}_main{own}",
-                                                        prefix=settings.prefix + own.replace("_", "-")[:9]))
+                                                        prefix=settings.prefix + own.replace("_", "-")[:9]),
+                     producer_process=True)
     if setting.tool == "dramatiq":
         cli = ["--processes", "1", "--threads", "1"] if setting.fifo else []
         return Dramatiq(setting, calls_dir, settings, cli)

@@ -118,9 +118,11 @@ def fill(table: SideBySide, outcomes: dict[str, Outcome], blocked: DrainOutcome,
         "process published n more, as fast as the tool's API goes, while it consumed (the producer's rate is in the "
         "row; a consumer that keeps up shows the producer's rate, not its own). Order and count: over both parts.",
         f"Raw pika: consume + ack one by one at prefetch {prefetch} (fifoq's), queues declared with fifoq's arguments, "
-        "producer publishing 100 then waiting for their confirms. fifoq and raw pika consume in a thread of the "
-        "benchmark's process, beside its producer; dramatiq and celery run their own worker processes (their command "
-        "line), their producer runs here.",
+        "producer publishing 100 then waiting for their confirms, both in the benchmark's process. fifoq's connector "
+        "runs in a thread of the benchmark's process, where its embedded ledger lives, and its producer "
+        "(`emit_many`, 100 events per call) in a process of its own that reaches the ledger through the ledger "
+        "server (bench.fifoq_producer); dramatiq and celery run their own worker processes (their command line), "
+        "their producer runs in the benchmark's process.",
         "dramatiq declares classic queues only (no quorum option); dramatiq and celery publish without publisher "
         "confirms by default, fifoq waits for them and writes the ledger.",
         "Ratio to fifoq: against fifoq on the same queue type (quorum queues are fifoq's default: replicated, they "

@@ -3,8 +3,9 @@
 Each contender has a producer (in the benchmark's process, with the tool's ordinary API) and one
 consumer of one queue whose handler only records the call (bench.calls):
 
-- fifoq: `Backend.emit_many` and one `connectors.runtime.Runtime` with default settings, on the
-  embedded ledger, in the benchmark's process (the embedded ledger lives in that process);
+- fifoq: one `connectors.runtime.Runtime` with default settings, on the embedded ledger, in the
+  benchmark's process (the embedded ledger lives in that process), and `Backend.emit_many` in a
+  producer process of its own (bench.fifoq_producer) that reaches the ledger served from here;
 - raw pika: a publisher with confirms and a consumer thread that acks each message (bench.baseline);
 - dramatiq and celery: their producer API here, their worker started with their own command line
   (bench.workers), with the settings a row names.
@@ -14,6 +15,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend import ledger_server
 from backend.app import Backend
 from backend.settings import Settings
 from bench import baseline
 from bench.calls import CallLog
-from bench.workers import WorkerProcess
+from bench.workers import ROOT, WorkerProcess
 from connectors.registry import Registry
 from connectors.runtime import Runtime
 
@@ -80,7 +85,11 @@ class Contender(ABC):
 
 
 class Fifoq(Contender):
-    def __init__(self, setting: Setting, calls_dir: Path, settings: Settings) -> None:
+    """fifoq's connector in a thread of this process, on the embedded ledger that lives here. Its
+    producer: `Backend.emit_many` here, or with `producer_process`, a process of its own
+    (bench.fifoq_producer) that reaches the ledger through backend.ledger_server."""
+
+    def __init__(self, setting: Setting, calls_dir: Path, settings: Settings, *, producer_process: bool = False) -> None:
         super().__init__(setting, calls_dir)
         self.settings = settings
         self.backend = Backend(settings)
@@ -89,10 +98,37 @@ class Fifoq(Contender):
         self.registry = Registry()
         self.registry.register(ACTOR, lambda message: self.log(message.payload["i"]))
         self.runtime: Runtime | None = None
+        self.server: ledger_server.LedgerServer | None = None
+        self.producer: subprocess.Popen[str] | None = None
+        if producer_process:
+            self._start_producer()
+
+    def _start_producer(self) -> None:
+        self.server, url = ledger_server.serve(self.backend.ledger)
+        env = dict(os.environ, MONGODB_URL=url, FIFOQ_PREFIX=self.settings.prefix,
+                   FIFOQ_QUEUE_TYPE=self.settings.queue_type.value, AMQP_URL=self.settings.amqp_urls[0],
+                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        self._producer_log = open(self.calls_dir / "producer.log", "wb")  # noqa: SIM115 - closed in close()
+        self.producer = subprocess.Popen([sys.executable, "-m", "bench.fifoq_producer"], cwd=ROOT, env=env, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._producer_log)
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        assert self.producer is not None and self.producer.stdout is not None
+        line = self.producer.stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"fifoq's producer process answered {line!r}, not {word!r}: "
+                               f"{(self.calls_dir / 'producer.log').read_text(errors='replace')[-2000:]}")
 
     def publish(self, numbers: Sequence[int]) -> None:
-        for lo in range(0, len(numbers), BATCH):
-            self.backend.emit_many([(EVENT, {"i": i}) for i in numbers[lo:lo + BATCH]])
+        if self.producer is None:
+            for lo in range(0, len(numbers), BATCH):
+                self.backend.emit_many([(EVENT, {"i": i}) for i in numbers[lo:lo + BATCH]])
+            return
+        assert self.producer.stdin is not None and list(numbers) == list(range(numbers[0], numbers[0] + len(numbers)))
+        self.producer.stdin.write(f"{numbers[0]} {len(numbers)}\n")
+        self.producer.stdin.flush()
+        self._expect("ok")
 
     def start(self) -> None:
         self.runtime = Runtime(self.settings, self.backend.ledger, self.registry, [ACTOR]).start()
@@ -103,6 +139,11 @@ class Fifoq(Contender):
 
     def close(self) -> None:
         try:
+            if self.producer is not None:
+                self.producer.communicate(timeout=60)  # end of input: it closes and exits
+                self._producer_log.close()
+            if self.server is not None:
+                self.server.stop()
             self.backend.close()
             if self.backend.store is not None:
                 self.backend.store.drop()
