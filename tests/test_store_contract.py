@@ -539,3 +539,32 @@ def test_store_contract_a_projection_comes_back_unchanged(store: Store) -> None:
     assert list(col.find({}, hidden)) == [{"_id": "a", "x": 1}]
     assert col.find_one_and_update({"_id": "a"}, {"$set": {"x": 2}}, projection=hidden, return_document=RETURN_AFTER) == {"_id": "a", "x": 2}
     assert hidden == {"t": 0}
+
+
+def test_operation_meter_adds_the_latency_asked_taking_off_what_a_sleep_overshoots() -> None:
+    """`python -m bench ledger --ledger-latency MS` adds MS to every ledger call: the meter
+    measures how much longer than asked a sleep lasts and sleeps that much less, so that the
+    latency added is the one asked for; it reports what it added. A fake clock whose sleeps
+    overshoot by 0.3 ms stands for the machine (no timing in tests)."""
+    from backend import store as store_module
+
+    clock = [0.0]
+    asked: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        clock[0] += seconds + 0.0003
+
+    meter = store_module.OperationMeter()
+    meter.sleep, meter.clock = sleep, lambda: clock[0]
+    meter.start(0.002)
+    for _ in range(10):
+        meter.record("messages", "update_one", True)
+    calls = meter.stop()
+    assert len(calls) == 10
+    assert asked[-10:] == [pytest.approx(0.0017)] * 10
+    assert meter.added(len(calls)) == pytest.approx(0.002)
+    calibrations = len(asked) - 10
+    meter.start(0.002)  # measured once per latency
+    meter.stop()
+    assert len(asked) == calibrations + 10
