@@ -81,50 +81,80 @@ def _check_search(client: Any, path: str, email: str) -> None:
         raise RuntimeError(f"GET {path}: found {emails} (total {found['total']}), expected [{email!r}]")
 
 
+def _declared(settings: Any, actors: list[str]) -> Backend:
+    backend = Backend(settings)
+    for actor in actors:
+        backend.subscriptions.actor(actor)
+        backend.subscriptions.subscribe(actor, "bench.growth")
+    backend.subscriptions.actor("fresh")
+    backend.subscriptions.subscribe("fresh", "bench.fresh")
+    backend.declare()
+    return backend
+
+
+def _paths(actor: str, top: int) -> dict[str, str]:
+    return {
+        "overview": "/api/overview",
+        "actor page": f"/actors/{actor}",
+        "message list, first page (20)": f"/api/actors/{actor}/messages?per_page=20",
+        "message list, page 10 (20 per page)": f"/api/actors/{actor}/messages?page=10&per_page=20",
+        "correlation-id trace": f"/api/trace/order-0-{max(1, top - 5)}",
+        "payload search (a recent message)": f"/api/actors/{actor}/messages?q=c{max(1, top - 20)}%40example.com",
+    }
+
+
 def run(opts: Options) -> Table:
     sizes = QUICK_SIZES if opts.quick else SIZES
     requests = max(3, opts.requests)
     table = Table(f"7. Growth: the same requests at {', '.join(f'{s:,}' for s in sizes)} settled messages over "
                   f"{ACTORS} actors (embedded ledger), {requests} requests each")
-    with bench_settings("growth", opts) as settings:
-        backend = Backend(settings)
+    with bench_settings("growth", opts) as settings, bench_settings("growthref", opts) as ref_settings:
+        actors = [f"g{n:03d}" for n in range(ACTORS)]
+        backend = _declared(settings, actors)
+        # A second ledger that stays at the smallest size, in the same process, its requests
+        # interleaved with the growing one's: what the growing ledger costs a request, apart from
+        # what the machine and the process do meanwhile (see docs/benchmarks.md, section 7).
+        ref = _declared(ref_settings, actors)
         try:
-            actors = [f"g{n:03d}" for n in range(ACTORS)]
-            for actor in actors:
-                backend.subscriptions.actor(actor)
-                backend.subscriptions.subscribe(actor, "bench.growth")
-            backend.subscriptions.actor("fresh")
-            backend.subscriptions.subscribe("fresh", "bench.fresh")
-            backend.declare()
             client = console_client(backend, RabbitAPI.from_settings(settings))
+            ref_client = console_client(ref, RabbitAPI.from_settings(ref_settings))
             done = dict.fromkeys(actors, 0)
+            ref_done = dict.fromkeys(actors, 0)
+            _fill(ref, actors, sizes[0], ref_done)
+            ref_paths = _paths(actors[0], ref_done[actors[0]])
             results: dict[int, dict[str, float]] = {}
+            beside: dict[int, dict[str, float]] = {}
             for size in sizes:
                 _fill(backend, actors, size, done)
-                actor = actors[0]
-                top = done[actor]
-                paths = {
-                    "overview": "/api/overview",
-                    "actor page": f"/actors/{actor}",
-                    "message list, first page (20)": f"/api/actors/{actor}/messages?per_page=20",
-                    "message list, page 10 (20 per page)": f"/api/actors/{actor}/messages?page=10&per_page=20",
-                    "correlation-id trace": f"/api/trace/order-0-{max(1, top - 5)}",
-                    "payload search (a recent message)": f"/api/actors/{actor}/messages?q=c{max(1, top - 20)}%40example.com",
-                }
-                timed(client, "/api/overview", 1)  # warm-up
-                _check_search(client, paths["payload search (a recent message)"], f"c{max(1, top - 20)}@example.com")
+                paths = _paths(actors[0], done[actors[0]])
+                for c, ps in ((client, paths), (ref_client, ref_paths)):
+                    timed(c, "/api/overview", 1)  # warm-up
+                    search = ps["payload search (a recent message)"]
+                    _check_search(c, search, search.rsplit("q=", 1)[1].replace("%40", "@"))
                 row: dict[str, float] = {}
+                ref_row: dict[str, float] = {}
                 for label, path in paths.items():
-                    t = timed(client, path, requests)
-                    row[f"{label} p50 (ms)"] = percentile(t, 50) * 1000
-                    row[f"{label} p95 (ms)"] = percentile(t, 95) * 1000
+                    t: list[float] = []
+                    t_ref: list[float] = []
+                    for _ in range(requests):  # one each, in turn
+                        t += timed(client, path, 1)
+                        t_ref += timed(ref_client, ref_paths[label], 1)
+                    for out, times in ((row, t), (ref_row, t_ref)):
+                        out[f"{label} p50 (ms)"] = percentile(times, 50) * 1000
+                        out[f"{label} p95 (ms)"] = percentile(times, 95) * 1000
                 row["fresh connector (msg/s)"] = _fresh_connector_rate(backend, "fresh")
                 results[size] = row
+                beside[size] = ref_row
             small, large = sizes[0], sizes[-1]
             for measure, value in results[large].items():
                 higher = measure.endswith("(msg/s)")
                 table.add(f"{measure} at {large:,}", value, results[small][measure], f"the same at {small:,}",
                           "msg/s" if higher else "ms", higher_is_better=higher)
+            for measure, value in results[large].items():
+                if measure in beside[large]:
+                    table.add(f"{measure} at {large:,}, against a {small:,}-message ledger at the same time",
+                              value, beside[large][measure], f"{small:,} messages, same process, interleaved", "ms",
+                              higher_is_better=False)
             for size in sizes[1:-1]:
                 table.notes.append(f"at {size:,}: " + "; ".join(f"{m} {v:,.1f}" for m, v in results[size].items()))
             table.notes.append("Target: each value at the largest size within 1.5x of the smallest. The overview, the "
@@ -134,6 +164,13 @@ def run(opts: Options) -> Table:
                                "is one query on the words stored with each message (index actor_terms_created; "
                                "on the embedded store, a map of each word to the messages holding it): it costs "
                                "the messages holding its rarest word up to the page, not the actor's messages.")
+            table.notes.append(f"\"Against a {small:,}-message ledger at the same time\": a second ledger of "
+                               f"{ACTORS} actors kept at {small:,} messages in the same process, each request to "
+                               "it made right after the same request to the growing ledger; the process holding "
+                               "the growing ledger's messages slows down every request, to either ledger alike.")
         finally:
-            backend.close()
+            try:
+                backend.close()
+            finally:
+                ref.close()
     return table
