@@ -101,7 +101,11 @@ class Fifoq(Contender):
         self.server: ledger_server.LedgerServer | None = None
         self.producer: subprocess.Popen[str] | None = None
         if producer_process:
-            self._start_producer()
+            try:
+                self._start_producer()
+            except BaseException:
+                self.close()
+                raise
 
     def _start_producer(self) -> None:
         self.server, url = ledger_server.serve(self.backend.ledger)
@@ -140,8 +144,14 @@ class Fifoq(Contender):
     def close(self) -> None:
         try:
             if self.producer is not None:
-                self.producer.communicate(timeout=60)  # end of input: it closes and exits
-                self._producer_log.close()
+                try:
+                    self.producer.communicate(timeout=60)  # end of input: it closes and exits
+                except subprocess.TimeoutExpired:
+                    log.warning("fifoq's producer process did not exit within 60 s: killed")
+                    self.producer.kill()
+                    self.producer.communicate()
+                finally:
+                    self._producer_log.close()
             if self.server is not None:
                 self.server.stop()
             self.backend.close()
