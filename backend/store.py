@@ -195,7 +195,7 @@ class OperationMeter:
         self.latency = 0.0
         self.calls: list[tuple[float, int, str, str, bool]] = []  # (time, thread, collection, what, write)
         self._lock = threading.Lock()
-        self._sleep = 0.0
+        self._sleep_for = 0.0
         self._slept = 0.0
         self._calibrated: dict[float, float] = {}  # latency asked -> what to sleep for it
         self.sleep, self.clock = time.sleep, time.perf_counter  # (a test gives a fake clock)
@@ -207,14 +207,18 @@ class OperationMeter:
         with self._lock:
             self.calls = []
             self._slept = 0.0
+        self._sleep_for = self.calibrate(latency)
+        self.latency, self.on = latency, True
+
+    def calibrate(self, latency: float) -> float:
+        """What to sleep for `latency`: measured once per latency (call it before a timed run)."""
         if latency and latency not in self._calibrated:
             began = self.clock()
             for _ in range(CALIBRATION_SLEEPS):
                 self.sleep(latency)
             overshoot = (self.clock() - began) / CALIBRATION_SLEEPS - latency
             self._calibrated[latency] = max(0.0, latency - overshoot)
-        self._sleep = self._calibrated.get(latency, 0.0)
-        self.latency, self.on = latency, True
+        return self._calibrated.get(latency, 0.0)
 
     def stop(self) -> list[tuple[float, int, str, str, bool]]:
         self.on = False
@@ -231,7 +235,7 @@ class OperationMeter:
             self.calls.append((time.monotonic(), threading.get_ident(), collection, what, write))
         if self.latency:
             began = self.clock()
-            self.sleep(self._sleep)
+            self.sleep(self._sleep_for)
             slept = self.clock() - began
             with self._lock:
                 self._slept += slept
